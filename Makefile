@@ -1,0 +1,32 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
+# On a CPU machine torch==2.13.0 (CPU build) is installed first, so pip never pulls a multi-GB CUDA build.
+# Bring your own torch: `make demo TORCH=` skips the torch install (use VENV_FLAGS=--system-site-packages
+# to see a system-wide torch from the venv).
+PYTHON ?= python3
+VENV ?= .venv
+VENV_FLAGS ?=
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	@if [ -n "$(TORCH)" ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+		$(BIN)/pip install --quiet "$(TORCH)"; fi
+
+$(BIN)/latentfm: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(BIN)/latentfm
+
+demo: $(BIN)/latentfm
+	$(BIN)/latentfm demo --out out/demo
+
+test: $(BIN)/latentfm
+	$(BIN)/python -m pytest tests
+
+lint: $(BIN)/latentfm
+	$(BIN)/ruff check latentfm tests benchmarks
+
+clean:
+	rm -rf out runs .pytest_cache

@@ -1,0 +1,227 @@
+"""Typed run configuration: YAML files of dataclasses with dotted command-line overrides.
+
+Unknown keys and values of the wrong type are errors that name the key; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latentfm.errors import LatentFMError
+
+
+@dataclass
+class DataConfig:
+    """Where the training images come from (see ``latentfm.data.load_dataset``)."""
+
+    dataset: str = "digits"  # digits | idx | folder
+    path: str | None = None
+    split: str = "train"
+    image_size: int | None = None
+    channels: int | None = None
+    hflip: bool = False
+    skip_corrupt: bool = False
+
+
+@dataclass
+class AutoencoderConfig:
+    """Which autoencoder maps images to latents, and how latents are normalised."""
+
+    kind: str = "identity"
+    normalize: str = "channel"  # channel | global | none
+    norm_batches: int = 20
+
+
+@dataclass
+class ModelConfig:
+    """The backbone. ``size`` picks a published DiT size (e.g. ``DiT-S/2``) and overrides the shape fields."""
+
+    arch: str = "dit"
+    size: str | None = None
+    patch_size: int = 2
+    hidden_size: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    class_dropout: float = 0.1
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class FlowConfig:
+    """The probability path and the training distribution of t."""
+
+    path: str = "linear"  # linear | cosine
+    sigma_min: float = 0.0
+    t_sampler: str = "uniform"  # uniform | logit_normal | mode
+    t_loc: float = 0.0
+    t_scale: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up, then a constant or cosine learning rate."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class SampleConfig:
+    """How sample grids are drawn during and after training."""
+
+    solver: str = "heun"
+    nfe: int = 8
+    cfg: float = 2.0
+    per_class: int = 8
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    out_dir: str = "runs/default"
+    log_every: int = 50
+    sample_every: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class Config:
+    """A whole training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``tp``; raises LatentFMError naming ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise LatentFMError(f"config key {key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float and isinstance(value, str):
+        value = _parse_float(value, key)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (bool, str) and isinstance(value, tp):
+        return value
+    raise LatentFMError(f"config key {key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _parse_float(value: str, key: str) -> float:
+    """YAML 1.1 reads ``1e-4`` as a string; accept it as the float it plainly is."""
+    try:
+        return float(value)
+    except ValueError:
+        raise LatentFMError(f"config key {key}: expected float, got {value!r}") from None
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise LatentFMError(f"config key {prefix or '<root>'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise LatentFMError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise LatentFMError(f"override {override!r} must look like key=value, e.g. train.steps=100")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise LatentFMError(f"override {override!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A validated Config from nested plain values plus ``key=value`` overrides."""
+    tree = _as_tree(values)
+    for override in overrides:
+        _apply_override(tree, override)
+    return _build(Config, tree, "")
+
+
+def _as_tree(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _as_tree(v) if isinstance(v, dict) else v for k, v in (values or {}).items()}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config file (or the defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LatentFMError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise LatentFMError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise LatentFMError(f"config file {path} must hold a mapping of sections")
+    return config_from_dict(values, overrides)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested values (tuples as lists) suitable for YAML or JSON."""
+    return _as_lists(dataclasses.asdict(config))
+
+
+def _as_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value

@@ -1,0 +1,274 @@
+"""Image datasets held in memory as uint8 NCHW tensors: built-in digits, IDX directories, image folders.
+
+Three kinds, all returning :class:`ImageData`:
+
+- ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits. The split is fixed: a permutation of the
+  indices drawn with ``numpy.random.default_rng(0)``; its last 297 indices are the test set, the rest is
+  the train set (both kept in ascending index order).
+- ``idx``: a directory of MNIST-format IDX files (gzip or plain), Fashion-MNIST by default.
+- ``folder``: a directory of images, one class per sub-directory, or unlabelled images at the top level.
+"""
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latentfm.errors import LatentFMError
+
+KINDS = ("digits", "idx", "folder")
+SPLITS = ("train", "test", "all")
+DIGITS_SEED = 0
+DIGITS_TEST_SIZE = 297
+DEFAULT_IDX_PATH = "/usr/share/datasets/fashion-mnist"
+IDX_PREFIXES = {"train": "train", "test": "t10k"}
+FASHION_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
+PIL_MODES = {1: "L", 3: "RGB"}
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
+
+
+@dataclass
+class ImageData:
+    """A dataset in memory: uint8 images [N, C, H, W] with optional int64 labels [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    num_classes: int
+    class_names: list[str]
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return self.images.shape[0]
+
+    def batch(
+        self, indices: torch.Tensor, flip: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Float32 images in [-1, 1] for ``indices`` (flipped left-right where the bool mask ``flip`` is
+        true) and their labels, or None for unlabelled data."""
+        x = self.images[indices].float() / 127.5 - 1.0
+        if flip is not None:
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        labels = None if self.labels is None else self.labels[indices]
+        return x, labels
+
+
+def load_dataset(
+    kind: str,
+    path: str | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    channels: int | None = None,
+    skip_corrupt: bool = False,
+) -> ImageData:
+    """Load a dataset of ``kind`` ("digits", "idx" or "folder") into memory.
+
+    ``image_size`` resizes to square images (centre crop, then Pillow bicubic); ``channels`` (1 or 3)
+    converts grey <-> RGB. ``skip_corrupt`` skips unreadable files in folders instead of failing.
+
+    >>> data = load_dataset("digits", split="test", image_size=16)
+    >>> tuple(data.images.shape), data.num_classes
+    ((297, 1, 16, 16), 10)
+    """
+    if split not in SPLITS:
+        raise LatentFMError(f"unknown data split {split!r}: use one of {', '.join(SPLITS)}")
+    if channels is not None and channels not in PIL_MODES:
+        raise LatentFMError(f"data.channels={channels} is not supported: use 1 (grey) or 3 (RGB)")
+    if kind == "digits":
+        data = _load_digits(split)
+    elif kind == "idx":
+        data = _load_idx_dir(Path(path or DEFAULT_IDX_PATH), split)
+    elif kind == "folder":
+        data = _load_folder(path, split, image_size, channels or 3, skip_corrupt)
+    else:
+        raise LatentFMError(f"unknown data.kind {kind!r}: use one of {', '.join(KINDS)}")
+    if channels is not None:
+        data.images = _convert_channels(data.images, channels)
+    if image_size is not None:
+        data.images = _resize(data.images, image_size)
+    return data
+
+
+def _load_digits(split: str) -> ImageData:
+    """scikit-learn's 8x8 digits (values 0..16 scaled to 0..255) with the fixed split of this module."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    order = np.random.default_rng(DIGITS_SEED).permutation(len(images))
+    test = np.sort(order[-DIGITS_TEST_SIZE:])
+    train = np.sort(order[:-DIGITS_TEST_SIZE])
+    keep = {"train": train, "test": test, "all": np.arange(len(images))}[split]
+    labels = torch.from_numpy(digits.target[keep].astype(np.int64))
+    return ImageData(torch.from_numpy(images[keep]), labels, 10, [str(i) for i in range(10)])
+
+
+def _load_idx_dir(root: Path, split: str) -> ImageData:
+    """Images and labels of ``split`` from a directory of MNIST-format IDX files."""
+    if not root.is_dir():
+        raise LatentFMError(
+            f"IDX dataset directory {root} not found: install it (apt-get install dataset-fashion-mnist) "
+            "or set data.path to a directory of IDX files"
+        )
+    prefixes = ["train", "test"] if split == "all" else [split]
+    parts = [_load_idx_pair(root, IDX_PREFIXES[p]) for p in prefixes]
+    images = torch.cat([torch.from_numpy(im) for im, _ in parts])[:, None]
+    labels = torch.cat([torch.from_numpy(lab.astype(np.int64)) for _, lab in parts])
+    names = _idx_class_names(root, int(labels.max()) + 1 if len(labels) else 0)
+    return ImageData(images, labels, len(names), names)
+
+
+def _load_idx_pair(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images [N, H, W] and labels [N] of one IDX file pair, checked to agree in length."""
+    images_file = _find_idx_file(root, prefix, "images", 3)
+    labels_file = _find_idx_file(root, prefix, "labels", 1)
+    images, labels = _read_idx(images_file, 3), _read_idx(labels_file, 1)
+    if len(images) != len(labels):
+        raise LatentFMError(
+            f"{images_file} holds {len(images)} images but {labels_file} holds {len(labels)} labels: "
+            "the files do not belong together"
+        )
+    return images, labels
+
+
+def _find_idx_file(root: Path, prefix: str, what: str, ndim: int) -> Path:
+    """The path of e.g. ``train-images-idx3-ubyte[.gz]`` (or ``train-images.idx3-ubyte``) in ``root``."""
+    stems = [f"{prefix}-{what}-idx{ndim}-ubyte", f"{prefix}-{what}.idx{ndim}-ubyte"]
+    for name in (stem + ext for stem in stems for ext in (".gz", "")):
+        if (root / name).is_file():
+            return root / name
+    raise LatentFMError(f"IDX file {root / stems[0]}[.gz] not found: set data.path to a complete IDX directory")
+
+
+def _read_idx(file: Path, ndim: int) -> np.ndarray:
+    """A uint8 array from an IDX file (gzip or plain), checking its magic number and size."""
+    try:
+        raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        raise LatentFMError(f"cannot read IDX file {file}: {err}; re-download or reinstall it") from err
+    if len(raw) < 4 + 4 * ndim or raw[:4] != bytes([0, 0, 0x08, ndim]):
+        raise LatentFMError(
+            f"IDX file {file} does not start with the magic number of {ndim}-d uint8 data: "
+            "it is corrupt or not an IDX file"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    body = raw[4 + 4 * ndim :]
+    if len(body) != int(np.prod(dims)):
+        raise LatentFMError(
+            f"IDX file {file} holds {len(body)} data bytes but its header {dims} needs {int(np.prod(dims))}: "
+            "it is truncated or corrupt; re-download or reinstall it"
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy()
+
+
+def _idx_class_names(root: Path, num_labels: int) -> list[str]:
+    """Fashion-MNIST's names for a directory named like it, else the label numbers (at least 0..9)."""
+    if "fashion" in root.resolve().name.lower() and num_labels <= len(FASHION_NAMES):
+        return list(FASHION_NAMES)
+    return [str(i) for i in range(max(10, num_labels))]
+
+
+def _load_folder(path: str | None, split: str, image_size: int | None, channels: int, skip_corrupt: bool) -> ImageData:
+    """Images of a folder: one class per sub-directory holding images, else unlabelled."""
+    if path is None or not Path(path).is_dir():
+        raise LatentFMError(f"image folder {path} not found: set data.path to a directory of images")
+    if split == "test":
+        raise LatentFMError(
+            f"image folder {path} has no test split: point data.path at a separate folder of test images"
+        )
+    root = Path(path)
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and _image_files(d))
+    if classes:
+        files = [(f, i) for i, d in enumerate(classes) for f in _image_files(d)]
+    else:
+        files = [(f, -1) for f in _image_files(root)]
+    if not files:
+        raise LatentFMError(f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    arrays, labels = [], []
+    for file, label in files:
+        array = _read_image(file, PIL_MODES[channels], image_size, skip_corrupt)
+        if array is not None:
+            arrays.append(array)
+            labels.append(label)
+    if not arrays:
+        raise LatentFMError(f"image folder {root} holds no readable images: all {len(files)} are corrupt")
+    images = torch.from_numpy(_stack_same_size(arrays, files)).permute(0, 3, 1, 2).contiguous()
+    label_tensor = torch.tensor(labels, dtype=torch.int64) if classes else None
+    names = [d.name for d in classes]
+    return ImageData(images, label_tensor, len(names), names, skipped=len(files) - len(arrays))
+
+
+def _image_files(directory: Path) -> list[Path]:
+    """The image files directly inside ``directory``, sorted by name."""
+    return sorted(f for f in directory.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_image(file: Path, mode: str, image_size: int | None, skip_corrupt: bool) -> np.ndarray | None:
+    """An HWC uint8 array of one image file in Pillow ``mode``; None for a corrupt file if skipping."""
+    try:
+        with Image.open(file) as img:
+            img = img.convert(mode)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        if skip_corrupt:
+            return None
+        raise LatentFMError(f"cannot read image {file} ({err}): remove it or set data.skip_corrupt=true") from err
+    if image_size is not None:
+        img = _square_resize(img, image_size)
+    array = np.asarray(img, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _stack_same_size(arrays: list[np.ndarray], files: list[tuple[Path, int]]) -> np.ndarray:
+    """Stack HWC arrays, or fail naming two files of different sizes."""
+    sizes = {a.shape[:2]: i for i, a in enumerate(arrays)}
+    if len(sizes) > 1:
+        (size_a, i), (size_b, j) = list(sizes.items())[:2]
+        raise LatentFMError(
+            f"images differ in size ({size_a[1]}x{size_a[0]} and {size_b[1]}x{size_b[0]}, e.g. "
+            f"{files[i][0].name} and {files[j][0].name}): set data.image_size to resize them"
+        )
+    return np.stack(arrays)
+
+
+def _square_resize(img: Image.Image, size: int) -> Image.Image:
+    """Centre-crop the longer side to a square, then resize to ``size`` x ``size`` (bicubic)."""
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 NCHW images (1 or 3 channels) to square ``size`` with Pillow; a no-op if already so."""
+    if images.shape[-2:] == (size, size):
+        return images
+    grey = images.shape[1] == 1
+    hwc = images.permute(0, 2, 3, 1).numpy()
+    out = [np.asarray(_square_resize(Image.fromarray(a[:, :, 0] if grey else a), size)) for a in hwc]
+    resized = torch.from_numpy(np.stack(out))
+    return resized[:, None] if grey else resized.permute(0, 3, 1, 2).contiguous()
+
+
+def _convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey -> RGB by repetition, RGB -> grey by ITU-R 601-2 luminance; unchanged if already right."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.repeat(1, 3, 1, 1)
+    weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)

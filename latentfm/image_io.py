@@ -1,0 +1,46 @@
+"""Images in memory (float NCHW in [-1, 1]) to uint8 arrays, PNG files and sample grids."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latentfm.atomic import write_bytes_atomic
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float NCHW images in [-1, 1] to uint8 NHWC (N×H×W for one channel)."""
+    array = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    array = array.permute(0, 2, 3, 1).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def make_grid(images: np.ndarray, columns: int, padding: int = 1, upscale: int = 1) -> np.ndarray:
+    """Tile uint8 images (N×H×W or N×H×W×C) into one uint8 image, row-major, ``columns`` per row."""
+    if upscale > 1:
+        images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    n, h, w = images.shape[:3]
+    rows = -(-n // columns)
+    grid = np.zeros((rows * (h + padding) + padding, columns * (w + padding) + padding, *images.shape[3:]), np.uint8)
+    for index, image in enumerate(images):
+        top, left = padding + (index // columns) * (h + padding), padding + (index % columns) * (w + padding)
+        grid[top : top + h, left : left + w] = image
+    return grid
+
+
+def save_png(image: np.ndarray, path: str | Path) -> None:
+    """Write one uint8 image (H×W or H×W×3) as PNG, atomically."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int, min_tile: int = 32) -> None:
+    """Save float images in [-1, 1] as a PNG grid; small images are upscaled (nearest) to ``min_tile`` px."""
+    array = to_uint8(images)
+    upscale = max(1, min_tile // array.shape[1])
+    save_png(make_grid(array, columns, upscale=upscale), path)

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny digits config that trains in seconds."""
+
+import pytest
+
+from latentfm.config import load_config
+
+TINY = [
+    "data.dataset=digits",
+    "model.patch_size=2",
+    "model.hidden_size=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "train.batch_size=32",
+    "train.steps=6",
+    "train.log_every=2",
+    "train.checkpoint_every=0",
+    "train.ema_decay=0.9",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=2",
+    "sample.nfe=2",
+    "sample.per_class=2",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path):
+    """Overrides for a tiny class-conditional digits run writing into ``tmp_path/run``."""
+    return [*TINY, f"train.out_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture
+def tiny_config(tiny_overrides):
+    """The tiny config itself."""
+    return load_config(None, tiny_overrides)

@@ -1,0 +1,58 @@
+"""Config loading: YAML + dotted overrides, unknown keys and wrong types named."""
+
+import pytest
+
+from latentfm.cli import recipe_path
+from latentfm.config import config_to_dict, load_config
+from latentfm.errors import LatentFMError
+
+
+def test_defaults_and_overrides():
+    config = load_config(None, ["train.steps=7", "optim.lr=3e-4", "optim.betas=[0.9, 0.95]", "data.path=/x"])
+    assert config.train.steps == 7 and config.optim.lr == 3e-4 and config.optim.betas == (0.9, 0.95)
+    assert config.data.path == "/x" and config.model.size is None
+
+
+def test_yaml_file_and_roundtrip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  size: DiT-S/2\ntrain:\n  batch_size: 64\n")
+    config = load_config(path, ["model.size=null"])
+    assert config.train.batch_size == 64 and config.model.size is None
+    assert load_config(None).train.batch_size == 128
+    assert config_to_dict(config)["optim"]["betas"] == [0.9, 0.999]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.stepz=3", "unknown config key train.stepz"),
+        ("train.steps=many", "train.steps: expected int"),
+        ("train.steps=2.5", "train.steps: expected int"),
+        ("train.compile=maybe", "train.compile: expected bool"),
+        ("optim.betas=[0.9]", "optim.betas"),
+        ("nosection.x=1", "unknown config key nosection"),
+        ("train=3", "train"),
+        ("steps", "key=value"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    with pytest.raises(LatentFMError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(LatentFMError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1, 2\n")
+    with pytest.raises(LatentFMError, match="not valid YAML"):
+        load_config(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(LatentFMError, match="mapping"):
+        load_config(scalar)
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "imagenet256_dit_b2"])
+def test_shipped_recipes_load(name):
+    assert load_config(recipe_path(name)).train.steps > 0

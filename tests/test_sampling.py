@@ -1,0 +1,106 @@
+"""Solvers, time grids, NFE accounting and classifier-free guidance."""
+
+import math
+
+import pytest
+import torch
+
+from latentfm.errors import LatentFMError
+from latentfm.models.conditioning import Condition
+from latentfm.sampling import GuidedVelocity, sample, time_grid
+
+
+def rotation(x, t):
+    """dx/dt = A x with A a rotation generator: exact solution is a rotation by angle t."""
+    return torch.stack([-x[:, 1], x[:, 0]], dim=1)
+
+
+def exact_rotation(x0, angle=1.0):
+    c, s = math.cos(angle), math.sin(angle)
+    return torch.stack([c * x0[:, 0] - s * x0[:, 1], s * x0[:, 0] + c * x0[:, 1]], dim=1)
+
+
+def time_dependent(x, t):
+    """dx/dt = 3 t^2 x: exact x(1) = x(0) * e."""
+    return 3 * t[:, None].to(x.dtype) ** 2 * x
+
+
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2)])
+@pytest.mark.parametrize("field,exact", [(rotation, exact_rotation), (time_dependent, lambda x: x * math.e)])
+def test_convergence_order(solver, order, field, exact):
+    x0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=torch.float64)
+    errors = [(sample(field, x0, solver=solver, steps=n)[0] - exact(x0)).abs().max().item() for n in (16, 32)]
+    measured = math.log2(errors[0] / errors[1])
+    assert abs(measured - order) < 0.2, (errors, measured)
+
+
+def test_exact_nfe_and_budget():
+    x0 = torch.zeros(3, 2)
+    _, stats = sample(rotation, x0, solver="heun", nfe=8)
+    assert (stats.nfe, stats.steps) == (8, 4)
+    _, stats = sample(rotation, x0, solver="heun", nfe=9)
+    assert (stats.nfe, stats.steps) == (8, 4) and "nfe budget 9" in stats.note
+    _, stats = sample(rotation, x0, solver="euler", steps=5)
+    assert stats.nfe == 5 and len(stats.times) == 6
+
+
+def test_budget_errors():
+    x0 = torch.zeros(1, 2)
+    with pytest.raises(LatentFMError, match="at least 2 NFE"):
+        sample(rotation, x0, solver="heun", nfe=1)
+    with pytest.raises(LatentFMError, match="not both"):
+        sample(rotation, x0, steps=2, nfe=4)
+    with pytest.raises(LatentFMError, match="unknown"):
+        sample(rotation, x0, solver="leapfrog", steps=2)
+
+
+def test_state_keeps_dtype_and_explicit_schedule():
+    x0 = torch.ones(2, 2, dtype=torch.float16)
+    x1, stats = sample(lambda x, t: torch.ones_like(x), x0, solver="euler", schedule=[0.0, 0.1, 0.5, 1.0])
+    assert x1.dtype == torch.float16 and stats.steps == 3 and stats.times == [0.0, 0.1, 0.5, 1.0]
+    torch.testing.assert_close(x1, torch.full((2, 2), 2.0, dtype=torch.float16))
+
+
+def test_time_grid_checks():
+    assert time_grid("uniform", 4).dtype == torch.float64
+    with pytest.raises(LatentFMError, match="start at 0"):
+        time_grid([0.1, 1.0], 1)
+    with pytest.raises(LatentFMError, match="increasing"):
+        time_grid([0.0, 0.6, 0.5, 1.0], 3)
+
+
+class AffineToyModel(torch.nn.Module):
+    """v = label-dependent constant: class c gives c, the null label gives -1."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.batch_sizes = 0, []
+
+    def forward(self, x, t, cond):
+        self.calls += 1
+        self.batch_sizes.append(x.shape[0])
+        value = torch.where(cond.labels == 10, -1.0, cond.labels.float())
+        return value.view(-1, 1).expand_as(x)
+
+
+def test_guidance_formula_batched_once():
+    model = AffineToyModel()
+    labels = torch.tensor([2, 5])
+    velocity = GuidedVelocity(model, Condition(labels=labels), cfg_scale=3.0, null_label=10)
+    v = velocity(torch.zeros(2, 4), torch.zeros(2))
+    expected = -1 + 3.0 * (labels.float() + 1)  # v_u + w (v_c - v_u)
+    torch.testing.assert_close(v, expected.view(-1, 1).expand(2, 4))
+    assert model.calls == 1 and model.batch_sizes == [4] and velocity.network_passes == 2
+    assert labels.tolist() == [2, 5]  # the caller's labels are not modified
+
+
+def test_guidance_scale_one_and_interval_use_one_pass():
+    model = AffineToyModel()
+    plain = GuidedVelocity(model, Condition(labels=torch.tensor([4])), cfg_scale=1.0, null_label=10)
+    torch.testing.assert_close(plain(torch.zeros(1, 3), torch.zeros(1)), torch.full((1, 3), 4.0))
+    limited = GuidedVelocity(model, Condition(labels=torch.tensor([4])), 2.0, 10, interval=(0.5, 1.0))
+    limited(torch.zeros(1, 3), torch.tensor([0.2]))
+    limited(torch.zeros(1, 3), torch.tensor([0.7]))
+    assert limited.network_passes == 3 and model.batch_sizes[-2:] == [1, 2]
+    _, stats = sample(limited, torch.zeros(1, 3), solver="euler", steps=4)
+    assert stats.nfe == 4  # a guided call counts once
