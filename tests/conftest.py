@@ -6,6 +6,7 @@ from latentfm.config import load_config
 
 TINY = [
     "data.dataset=digits",
+    "train.device=cpu",
     "model.patch_size=2",
     "model.hidden_size=32",
     "model.depth=2",

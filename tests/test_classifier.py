@@ -31,7 +31,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 def digits_model(digits) -> SmallClassifier:
     """A classifier trained on the digits training split."""
     x, y, _, _ = digits
-    return train_classifier(x, y, 10, epochs=15, seed=0)
+    return train_classifier(x, y, 10, epochs=40, seed=0)
 
 
 def test_digits_test_accuracy(digits, digits_model):

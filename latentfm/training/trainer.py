@@ -98,9 +98,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 class Trainer:
-    """Trains a flow model from a Config; ``run()`` resumes from the run directory's latest checkpoint."""
+    """Trains a flow model from a Config; ``run()`` resumes from the run directory's latest checkpoint.
 
-    def __init__(self, config: Config):
+    ``data`` may be given directly (an in-memory ImageData) instead of through ``config.data``.
+    """
+
+    def __init__(self, config: Config, data: ImageData | None = None):
         self.config, train = config, config.train
         self.dist = setup_distributed(train.device)
         self.device, self.run_dir = self.dist.device, Path(train.out_dir)
@@ -108,7 +111,7 @@ class Trainer:
             raise LatentFMError(f"train.batch_size={train.batch_size} must divide by the {self.dist.world_size} ranks")
         self.local_batch = train.batch_size // self.dist.world_size
         self.autocast_dtype = resolve_precision(train.precision, self.device)
-        self.data = self._load_data()
+        self.data = self._check_data(data if data is not None else self._load_data())
         self.autoencoder = build_autoencoder(
             {"kind": config.autoencoder.kind}, image_channels=self.data.images.shape[1]
         )
@@ -135,7 +138,9 @@ class Trainer:
 
     def _load_data(self) -> ImageData:
         d = self.config.data
-        data = load_dataset(d.dataset, d.path, d.split, d.image_size, d.channels, d.skip_corrupt)
+        return load_dataset(d.dataset, d.path, d.split, d.image_size, d.channels, d.skip_corrupt)
+
+    def _check_data(self, data: ImageData) -> ImageData:
         if len(data) < self.config.train.batch_size:
             raise LatentFMError(f"train.batch_size={self.config.train.batch_size} exceeds the {len(data)} images")
         if data.skipped and self.dist.is_main:
@@ -233,12 +238,12 @@ class Trainer:
         step_rng = generator("cpu", seed, _STEP, step)
         flips = (torch.rand(size, generator=step_rng) < 0.5) & self.config.data.hflip
         mine = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
-        images, labels = self.data.batch(indices[mine], flips[mine])
+        images, labels = self.data.batch(indices[mine], flips[mine], device=self.device)
         x1 = self.latent_norm.normalize(self._encode(images))
         device_rng = generator(self.device, seed, _NOISE, step)
         x0 = torch.randn((size, *x1.shape[1:]), generator=device_rng, device=self.device)[mine]
         t = self.draw_times(size, device_rng, self.device)[mine]
-        return x0, t, x1, None if labels is None else labels.to(self.device)
+        return x0, t, x1, labels
 
     def train_step(self) -> torch.Tensor:
         """One optimisation step; returns the detached loss."""
@@ -287,37 +292,46 @@ class Trainer:
         save_grid(images, path, columns=s.per_class)
         return path
 
-    def _log(self, record: dict[str, Any]) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    def _log(self, loss_sum: torch.Tensor, window: int, seconds: float, bar: tqdm) -> None:
+        """Append the mean loss of the last ``window`` steps (over all ranks) to ``metrics.jsonl``."""
+        mean_loss = float(mean_across_ranks(loss_sum / window))
+        record = {
+            "step": self.step,
+            "loss": mean_loss,
+            "lr": learning_rate(self.config, self.step - 1),
+            "images_per_s": window * self.config.train.batch_size / seconds,
+        }
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
 
     def run(self, until_step: int | None = None) -> Path:
-        """Train to ``train.steps`` (or stop early at ``until_step``); returns the last checkpoint."""
+        """Train to ``train.steps`` (or stop early at ``until_step``); returns the last checkpoint.
+
+        An interrupted single-process run (Ctrl-C) saves a checkpoint of the step it reached first.
+        """
         train = self.config.train
-        last = min(train.steps, until_step or train.steps)
+        first, last = self.step, min(train.steps, until_step or train.steps)
         bar = tqdm(total=last, initial=self.step, desc="training", disable=not self.dist.is_main)
         loss_sum, window, clock = torch.zeros((), device=self.device), 0, time.perf_counter()
-        while self.step < last:
-            loss_sum += self.train_step()
-            window += 1
-            bar.update(1)
-            if self.step % train.log_every == 0 or self.step == last:
-                mean_loss = float(mean_across_ranks(loss_sum / window))
-                elapsed = time.perf_counter() - clock
-                record = {
-                    "step": self.step,
-                    "loss": mean_loss,
-                    "lr": learning_rate(self.config, self.step - 1),
-                    "images_per_s": window * train.batch_size / elapsed,
-                }
-                if self.dist.is_main:
-                    self._log(record)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
-                loss_sum, window, clock = torch.zeros((), device=self.device), 0, time.perf_counter()
-            if train.sample_every and self.step % train.sample_every == 0 and self.dist.is_main:
-                self.save_samples()
-            if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step != last:
-                self.save()
-        bar.close()
+        try:
+            while self.step < last:
+                loss_sum += self.train_step()
+                window += 1
+                bar.update(1)
+                if self.step % train.log_every == 0 or self.step == last:
+                    self._log(loss_sum, window, time.perf_counter() - clock, bar)
+                    loss_sum, window, clock = torch.zeros((), device=self.device), 0, time.perf_counter()
+                if train.sample_every and self.step % train.sample_every == 0 and self.dist.is_main:
+                    self.save_samples()
+                if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step != last:
+                    self.save()
+        except KeyboardInterrupt:
+            if self.dist.world_size == 1 and self.step > first:
+                print(f"\ninterrupted: saved {self.save()}")
+            raise
+        finally:
+            bar.close()
         return self.save()
