@@ -118,6 +118,7 @@ class Trainer:
         self.path = build_path(config.flow.path, config.flow.sigma_min)
         self.draw_times = build_time_sampler(config.flow.t_sampler, config.flow.t_loc, config.flow.t_scale)
         self.step = 0
+        self._order: tuple[int, torch.Tensor] | None = None
         resumed = self._find_resume_checkpoint()
         self.latent_norm = LatentNorm(**ckpt.read_state(resumed)["latent_norm"]) if resumed else self._estimate_norm()
         self.latent_shape = tuple(self._encode(self.data.batch(torch.arange(1))[0]).shape[1:])
@@ -228,17 +229,23 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------
 
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """The shuffled order of the dataset in ``epoch``, drawn once per epoch from ``(seed, epoch)``."""
+        if self._order is None or self._order[0] != epoch:
+            order = torch.randperm(len(self.data), generator=generator("cpu", self.config.train.seed, _ORDER, epoch))
+            self._order = (epoch, order)
+        return self._order[1]
+
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """This rank's (x0, t, x1, labels) for ``step``, drawn statelessly from the global batch."""
         n, size, seed = len(self.data), self.config.train.batch_size, self.config.train.seed
         epoch, position = divmod(step, n // size)
-        indices = torch.randperm(n, generator=generator("cpu", seed, _ORDER, epoch))[
-            position * size : (position + 1) * size
-        ]
-        step_rng = generator("cpu", seed, _STEP, step)
-        flips = (torch.rand(size, generator=step_rng) < 0.5) & self.config.data.hflip
+        indices = self._epoch_order(epoch)[position * size : (position + 1) * size]
         mine = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
-        images, labels = self.data.batch(indices[mine], flips[mine], device=self.device)
+        flips = None
+        if self.config.data.hflip:
+            flips = (torch.rand(size, generator=generator("cpu", seed, _STEP, step)) < 0.5)[mine]
+        images, labels = self.data.batch(indices[mine], flips, device=self.device)
         x1 = self.latent_norm.normalize(self._encode(images))
         device_rng = generator(self.device, seed, _NOISE, step)
         x0 = torch.randn((size, *x1.shape[1:]), generator=device_rng, device=self.device)[mine]
