@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from latentfm.cli import recipe_path
-from latentfm.config import load_config
+from latentfm.config import load_config, recipe_path
 from latentfm.data import load_dataset
 from latentfm.image_io import save_grid
 from latentfm.metrics.classifier import accuracy, train_classifier

@@ -9,10 +9,8 @@ import argparse
 import json
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from latentfm.errors import LatentFMError
@@ -39,20 +37,6 @@ def _parse_labels(text: str | None, num_classes: int) -> list[int] | None:
     return labels
 
 
-def write_samples(out: Path, images: torch.Tensor, labels: torch.Tensor | None, columns: int) -> None:
-    """``OUT/samples.png`` (a grid, ``columns`` per row) and ``OUT/samples.npz`` (uint8 images, labels)."""
-    import io
-
-    from latentfm.atomic import write_bytes_atomic
-    from latentfm.image_io import save_grid, to_uint8
-
-    save_grid(images, out / "samples.png", columns=columns)
-    buffer = io.BytesIO()
-    label_array = np.full(len(images), -1) if labels is None else labels.numpy()
-    np.savez_compressed(buffer, images=to_uint8(images), labels=label_array.astype(np.int64))
-    write_bytes_atomic(out / "samples.npz", buffer.getvalue())
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a flow model from a YAML config plus overrides."""
     from latentfm.config import load_config
@@ -70,6 +54,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     """Generate images from a checkpoint into OUT/samples.png, OUT/samples.npz and OUT/stats.json."""
     from latentfm.atomic import write_bytes_atomic
+    from latentfm.image_io import write_samples
     from latentfm.pipeline import FlowPipeline
 
     if args.n < 1:
@@ -152,11 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of training and sampling")
     demo.set_defaults(run=cmd_demo)
     return parser
-
-
-def recipe_path(name: str) -> Path:
-    """The path of a built-in YAML recipe, e.g. ``digits``."""
-    return Path(str(resources.files("latentfm") / "configs" / f"{name}.yaml"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,8 @@ def _as_lists(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_as_lists(v) for v in value]
     return value
+
+
+def recipe_path(name: str) -> Path:
+    """The path of a built-in YAML recipe shipped in ``latentfm/configs``, e.g. ``digits``."""
+    return Path(str(resources.files("latentfm") / "configs" / f"{name}.yaml"))

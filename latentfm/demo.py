@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from latentfm.atomic import write_bytes_atomic
-from latentfm.cli import recipe_path, write_samples
-from latentfm.config import load_config
+from latentfm.config import load_config, recipe_path
 from latentfm.data import load_dataset
+from latentfm.image_io import write_samples
 from latentfm.metrics.classifier import accuracy, train_classifier
 from latentfm.training.trainer import Trainer
 

@@ -44,3 +44,12 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int, min_tile: in
     array = to_uint8(images)
     upscale = max(1, min_tile // array.shape[1])
     save_png(make_grid(array, columns, upscale=upscale), path)
+
+
+def write_samples(out: Path, images: torch.Tensor, labels: torch.Tensor | None, columns: int) -> None:
+    """``OUT/samples.png`` (a grid, ``columns`` per row) and ``OUT/samples.npz`` (uint8 images, labels)."""
+    save_grid(images, out / "samples.png", columns=columns)
+    buffer = io.BytesIO()
+    label_array = np.full(len(images), -1) if labels is None else labels.numpy()
+    np.savez_compressed(buffer, images=to_uint8(images), labels=label_array.astype(np.int64))
+    write_bytes_atomic(out / "samples.npz", buffer.getvalue())

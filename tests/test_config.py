@@ -2,8 +2,7 @@
 
 import pytest
 
-from latentfm.cli import recipe_path
-from latentfm.config import config_to_dict, load_config
+from latentfm.config import config_to_dict, load_config, recipe_path
 from latentfm.errors import LatentFMError
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: an in-project classifier that judges generated samples (more metrics follow)."""

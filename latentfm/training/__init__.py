@@ -1,0 +1,1 @@
+"""Training: the loop, EMA, checkpoints and the torchrun process group."""
