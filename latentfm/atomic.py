@@ -10,6 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_mode(base: int) -> int:
+    """``base`` (0o666 for files, 0o777 for directories) less the process umask, as ``open`` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
     path = Path(path)
@@ -26,6 +33,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, _default_mode(0o666))  # mkstemp creates 0600; outputs should be readable like any file
     try:
         yield tmp
         with open(tmp, "rb") as handle:
@@ -41,6 +49,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, _default_mode(0o777))
     try:
         yield tmp
         if path.exists():

@@ -1,5 +1,7 @@
 """Small pieces: latent normalisation, EMA, atomic writes, checkpoint round trips, grids, seeds."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,18 @@ def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
     with atomic_directory(tmp_path / "d") as tmp:
         (tmp / "x").write_text("done")
     assert (tmp_path / "d" / "x").read_text() == "done"
+
+
+def test_atomic_outputs_have_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "f.bin", b"x")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
 
 
 def test_grid_layout_and_uint8_conversion():
