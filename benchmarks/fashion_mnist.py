@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from latentfm.atomic import write_bytes_atomic
 from latentfm.config import load_config, recipe_path
 from latentfm.data import load_dataset
 from latentfm.image_io import save_grid
@@ -68,7 +69,7 @@ def main() -> None:
                 grid = torch.cat([images[c * args.per_class : c * args.per_class + 10] for c in range(10)])
                 save_grid(grid, RESULTS / "fashion_mnist_samples.png", columns=10)
     report["samples"] = rows
-    (RESULTS / "fashion_mnist.json").write_text(json.dumps(report, indent=1))
+    write_bytes_atomic(RESULTS / "fashion_mnist.json", json.dumps(report, indent=1).encode())
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
     print("| solver | NFE | cfg | class accuracy | s / 1000 samples |")
     for r in rows:

@@ -23,7 +23,7 @@ from latentfm.data import ImageData
 from latentfm.flow import LinearPath, flow_matching_loss
 from latentfm.models.conditioning import Condition
 from latentfm.training.ema import EMA
-from latentfm.training.trainer import Trainer, resolve_precision
+from latentfm.training.trainer import Trainer
 
 
 def make_trainer(batch: int, device: str, out_dir: str) -> Trainer:
@@ -49,12 +49,17 @@ def make_trainer(batch: int, device: str, out_dir: str) -> Trainer:
 
 def bare_loop(trainer: Trainer):
     """A hand-written step on the same model copy, batch size, AdamW settings, clipping and EMA."""
+    optim, device, dtype = trainer.config.optim, trainer.device, trainer.autocast_dtype
     model = copy.deepcopy(trainer.model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=trainer.device.type == "cuda")
-    ema, path, device = EMA(model, 0.999), LinearPath(), trainer.device
-    images, labels = trainer.data.batch(torch.arange(trainer.config.train.batch_size))
-    images, labels = images.to(device), labels.to(device)
-    dtype = trainer.autocast_dtype
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=optim.lr,
+        betas=optim.betas,
+        weight_decay=optim.weight_decay,
+        fused=device.type == "cuda",
+    )
+    ema, path = EMA(model, trainer.config.train.ema_decay), LinearPath()
+    images, labels = trainer.data.batch(torch.arange(trainer.config.train.batch_size), device=device)
     state = {"step": 0}
 
     def step() -> torch.Tensor:
@@ -64,7 +69,7 @@ def bare_loop(trainer: Trainer):
             predicted = model(x_t, t, Condition(labels=labels))
         loss = flow_matching_loss(predicted, target)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(model, state["step"])
@@ -108,7 +113,7 @@ def main() -> None:
             times["bare"].append(timed_block(bare, args.steps, device))
     trainer_s, bare_s = statistics.median(times["trainer"]), statistics.median(times["bare"])
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
-    precision = resolve_precision("auto", device) or torch.float32
+    precision = trainer.autocast_dtype or torch.float32
     print(f"device={name} threads={torch.get_num_threads()} batch={args.batch} precision={precision}")
     print("| machine | batch | bare loop img/s | trainer img/s | trainer overhead |")
     print(
