@@ -16,7 +16,7 @@ $(BIN)/python:
 		$(BIN)/pip install --quiet "$(TORCH)"; fi
 
 $(BIN)/latentfm: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,diffusers]"
 	touch $(BIN)/latentfm
 
 demo: $(BIN)/latentfm

@@ -59,7 +59,7 @@ def bare_loop(trainer: Trainer):
         fused=device.type == "cuda",
     )
     ema, path = EMA(model, trainer.config.train.ema_decay), LinearPath()
-    images, labels = trainer.data.batch(torch.arange(trainer.config.train.batch_size), device=device)
+    images, labels = trainer.latents.batch(torch.arange(trainer.config.train.batch_size), device=device)
     state = {"step": 0}
 
     def step() -> torch.Tensor:
@@ -105,11 +105,15 @@ def main() -> None:
         trainer = make_trainer(args.batch, args.device, out_dir)
         bare = bare_loop(trainer)
         device = trainer.device
-        for step in (trainer.train_step, bare):  # warm-up
+
+        def trainer_step() -> torch.Tensor:
+            return trainer.train_step()["loss"]
+
+        for step in (trainer_step, bare):  # warm-up
             timed_block(step, 2, device)
         times = {"trainer": [], "bare": []}
         for _ in range(args.blocks):
-            times["trainer"].append(timed_block(trainer.train_step, args.steps, device))
+            times["trainer"].append(timed_block(trainer_step, args.steps, device))
             times["bare"].append(timed_block(bare, args.steps, device))
     trainer_s, bare_s = statistics.median(times["trainer"]), statistics.median(times["bare"])
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}"

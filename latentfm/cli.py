@@ -1,4 +1,4 @@
-"""The ``latentfm`` command: train, sample and demo.
+"""The ``latentfm`` command: train, train-autoencoder, encode, sample and demo.
 
 Every problem a user can fix is one line on stderr and exit code 2, never a traceback.
 """
@@ -47,6 +47,89 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         checkpoint = Trainer(config).run()
         print(f"checkpoint: {checkpoint}")
+    finally:
+        teardown_distributed()
+
+
+def cmd_train_autoencoder(args: argparse.Namespace) -> None:
+    """Train a KL autoencoder from a YAML config plus overrides, then report its test PSNR."""
+    from latentfm.atomic import write_bytes_atomic
+    from latentfm.autoencoders.kl import load_kl_autoencoder
+    from latentfm.config import AutoencoderRunConfig, load_config
+    from latentfm.data import load_dataset
+    from latentfm.metrics.reconstruction import reconstruction_psnr
+    from latentfm.training.autoencoder_trainer import AutoencoderTrainer
+    from latentfm.training.distributed import teardown_distributed
+
+    config = load_config(args.config, args.overrides, cls=AutoencoderRunConfig)
+    try:
+        trainer = AutoencoderTrainer(config)
+        checkpoint = trainer.run()
+        print(f"checkpoint: {checkpoint}")
+        if trainer.dist.is_main and args.eval_split != "none":
+            d = config.data
+            data = load_dataset(d.dataset, d.path, args.eval_split, d.image_size, d.channels, d.skip_corrupt)
+            autoencoder = load_kl_autoencoder(checkpoint).to(trainer.device)
+            psnr = reconstruction_psnr(autoencoder, data, device=trainer.device, progress=True)
+            report = {"checkpoint": str(checkpoint), "split": args.eval_split, "images": len(data), "psnr_db": psnr}
+            write_bytes_atomic(trainer.run_dir / "eval.json", json.dumps(report, indent=1).encode())
+            print(f"{args.eval_split} PSNR (8-bit, EMA weights, {len(data)} images): {psnr:.2f} dB")
+    finally:
+        teardown_distributed()
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    """Encode a config's dataset with its autoencoder into a latent cache (resumable; shards across torchrun ranks)."""
+    import dataclasses
+
+    from latentfm.autoencoders import build_autoencoder
+    from latentfm.autoencoders.base import autoencoder_identity
+    from latentfm.config import load_config
+    from latentfm.data import latent_cache as cache
+    from latentfm.data import load_dataset
+    from latentfm.training.distributed import barrier, setup_distributed, teardown_distributed
+
+    config = load_config(args.config, args.overrides)
+    d, spec = config.data, dataclasses.asdict(config.autoencoder)
+    dist = setup_distributed(args.device)
+    try:
+        data = load_dataset(d.dataset, d.path, d.split, d.image_size, d.channels, d.skip_corrupt)
+        autoencoder = build_autoencoder(spec, image_channels=data.images.shape[1]).to(dist.device)
+        with torch.no_grad():
+            latent_shape = tuple(autoencoder.encode(data.batch(torch.arange(1), device=dist.device)[0]).shape[1:])
+        description = {
+            "kind": d.dataset,
+            "path": d.path,
+            "split": d.split,
+            "image_size": d.image_size,
+            "channels": d.channels,
+        }
+        identity = autoencoder_identity(autoencoder, spec["kind"])
+        hflip = d.hflip if args.hflip is None else args.hflip
+        header = cache.cache_header(data, identity, description, latent_shape, hflip, args.dtype, args.shard_size)
+        if cache.prepare_cache(args.out, header, write=dist.is_main):
+            print(f"{args.out} is already a complete latent cache of this data and autoencoder")
+            return
+        barrier()
+        written = cache.encode_shards(
+            args.out,
+            header,
+            data,
+            autoencoder,
+            dist.device,
+            args.batch_size,
+            config.train.seed,
+            dist.rank,
+            dist.world_size,
+            progress=dist.is_main,
+        )
+        barrier()
+        if dist.is_main:
+            manifest = cache.finalize_cache(args.out, data)
+            print(
+                f"encoded {len(data)} images ({written} new shards on rank 0) into {args.out}: latents "
+                f"{manifest['latent_shape']} {manifest['dtype']}, hflip={manifest['hflip']}"
+            )
     finally:
         teardown_distributed()
 
@@ -113,6 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML config file, e.g. configs/digits.yaml")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
     train.set_defaults(run=cmd_train)
+
+    train_ae = commands.add_parser(
+        "train-autoencoder", help="train a KL autoencoder from a config", description=cmd_train_autoencoder.__doc__
+    )
+    train_ae.add_argument("--config", required=True, help="YAML config, e.g. configs/fashion_mnist_autoencoder.yaml")
+    train_ae.add_argument(
+        "--eval-split", default="test", help="split to measure PSNR on after training: test (default), train or none"
+    )
+    train_ae.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
+    train_ae.set_defaults(run=cmd_train_autoencoder)
+
+    encode = commands.add_parser("encode", help="encode a dataset into a latent cache", description=cmd_encode.__doc__)
+    encode.add_argument("--config", required=True, help="YAML config whose data and autoencoder sections are used")
+    encode.add_argument("--out", required=True, help="cache directory (created; an unfinished one is resumed)")
+    encode.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also store latents of left-right flipped images (default: the config's data.hflip)",
+    )
+    encode.add_argument("--dtype", default="float32", help="stored dtype: float32 (default) or float16")
+    encode.add_argument("--shard-size", type=int, default=4096, help="images per shard file (default 4096)")
+    encode.add_argument("--batch-size", type=int, default=256, help="images per autoencoder call (default 256)")
+    encode.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    encode.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides such as data.split=test")
+    encode.set_defaults(run=cmd_encode)
 
     sample = commands.add_parser("sample", help="generate images from a checkpoint", description=cmd_sample.__doc__)
     sample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")

@@ -20,7 +20,7 @@ from latentfm.errors import LatentFMError
 
 @dataclass
 class DataConfig:
-    """Where the training images come from (see ``latentfm.data.load_dataset``)."""
+    """Where the training images (see ``latentfm.data.load_dataset``) or cached latents come from."""
 
     dataset: str = "digits"  # digits | idx | folder
     path: str | None = None
@@ -29,15 +29,52 @@ class DataConfig:
     channels: int | None = None
     hflip: bool = False
     skip_corrupt: bool = False
+    latent_cache: str | None = None  # a `latentfm encode` directory; training then reads latents from it
 
 
 @dataclass
 class AutoencoderConfig:
-    """Which autoencoder maps images to latents, and how latents are normalised."""
+    """Which autoencoder maps images to latents, and how latents are normalised.
+
+    ``kind`` selects one: ``identity`` (pixel space), ``taesd`` (``encoder`` and ``decoder`` weight files),
+    ``kl`` (``checkpoint``: a ``latentfm train-autoencoder`` run or checkpoint directory) or ``diffusers``
+    (``path``: a local AutoencoderKL directory or hub-cache id, optional ``subfolder``).
+    ``normalize`` is ``channel``, ``global``, ``none`` or ``pretrained`` (the autoencoder's published
+    shift and scale, diffusers only).
+    """
 
     kind: str = "identity"
-    normalize: str = "channel"  # channel | global | none
+    encoder: str | None = None
+    decoder: str | None = None
+    checkpoint: str | None = None
+    path: str | None = None
+    subfolder: str | None = None
+    posterior: str = "mean"  # mean | sample
+    normalize: str = "channel"
     norm_batches: int = 20
+
+
+@dataclass
+class KLModelConfig:
+    """Shape of a trainable KL autoencoder; its downsampling factor is ``2 ** (len(channel_mult) - 1)``."""
+
+    channels: int = 32
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    latent_channels: int = 4
+    groups: int = 8
+
+
+@dataclass
+class AutoencoderLossConfig:
+    """Reconstruction (L1 and optional L2), KL and optional patch-GAN terms of autoencoder training."""
+
+    l1_weight: float = 1.0
+    l2_weight: float = 0.0
+    kl_weight: float = 1e-6
+    gan_weight: float = 0.0
+    gan_start: int = 0
+    disc_channels: int = 64
 
 
 @dataclass
@@ -121,6 +158,17 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass
+class AutoencoderRunConfig:
+    """A whole ``latentfm train-autoencoder`` run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: KLModelConfig = field(default_factory=KLModelConfig)
+    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
@@ -133,6 +181,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise LatentFMError(f"config key {key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise LatentFMError(f"config key {key}: expected a list of {len(args)} values, got {value!r}")
@@ -187,20 +239,20 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
-def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """A validated Config from nested plain values plus ``key=value`` overrides."""
+def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
+    """A validated config of class ``cls`` (a run Config by default) from nested values plus overrides."""
     tree = _as_tree(values)
     for override in overrides:
         _apply_override(tree, override)
-    return _build(Config, tree, "")
+    return _build(cls, tree, "")
 
 
 def _as_tree(values: dict[str, Any]) -> dict[str, Any]:
     return {k: _as_tree(v) if isinstance(v, dict) else v for k, v in (values or {}).items()}
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config file (or the defaults when ``path`` is None) and apply overrides."""
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
+    """Read a YAML config file of class ``cls`` (defaults when ``path`` is None) and apply overrides."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -212,10 +264,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise LatentFMError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
         if not isinstance(values, dict):
             raise LatentFMError(f"config file {path} must hold a mapping of sections")
-    return config_from_dict(values, overrides)
+    return config_from_dict(values, overrides, cls)
 
 
-def config_to_dict(config: Config) -> dict[str, Any]:
+def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain nested values (tuples as lists) suitable for YAML or JSON."""
     return _as_lists(dataclasses.asdict(config))
 

@@ -42,7 +42,7 @@ def run_demo(out: Path, steps: int | None = None, per_class: int = 50, seed: int
     trainer = Trainer(config)
     trainer.run()
     train_seconds = time.perf_counter() - start
-    labels = torch.arange(trainer.data.num_classes).repeat_interleave(per_class)
+    labels = torch.arange(trainer.latents.num_classes).repeat_interleave(per_class)
     s = config.sample
     images, stats = trainer.pipeline().generate(labels, seed=seed, solver=s.solver, nfe=s.nfe, cfg=s.cfg)
     write_samples(out, images, labels, columns=per_class)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
+from latentfm.autoencoders.base import autoencoder_identity
 from latentfm.config import config_from_dict
 from latentfm.errors import LatentFMError
 from latentfm.models.build import build_model
@@ -17,6 +19,18 @@ from latentfm.models.conditioning import Condition
 from latentfm.sampling import GuidedVelocity, SampleStats, sample
 from latentfm.seeding import source_noise
 from latentfm.training.checkpoint import read_state, read_tensors, resolve_checkpoint
+
+
+def _check_autoencoder(autoencoder: Autoencoder, kind: str, trained_with: dict | None, directory: Path) -> None:
+    """Refuse to decode with other autoencoder weights than the model was trained with."""
+    if trained_with is None:
+        return
+    found = autoencoder_identity(autoencoder, kind)["weights_sha256"]
+    if found != trained_with["weights_sha256"]:
+        raise LatentFMError(
+            f"{directory} was trained with autoencoder weights {trained_with['weights_sha256'][:12]}, but its "
+            f"autoencoder.* config now loads {found[:12]}; restore the original weights files"
+        )
 
 
 @dataclass
@@ -52,7 +66,9 @@ class FlowPipeline:
         data = state["data"]
         model = build_model(config.model, data["latent_shape"][0], data["latent_shape"][1], data["num_classes"])
         model.load_state_dict(read_tensors(directory, "ema" if use_ema else "model"))
-        autoencoder = build_autoencoder({"kind": config.autoencoder.kind}, image_channels=data["image_shape"][0])
+        spec = dataclasses.asdict(config.autoencoder)
+        autoencoder = build_autoencoder(spec, image_channels=data["image_shape"][0]).to(device)
+        _check_autoencoder(autoencoder, spec["kind"], state.get("autoencoder"), directory)
         return cls(
             model=model.to(device).eval(),
             autoencoder=autoencoder,

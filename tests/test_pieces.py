@@ -57,9 +57,9 @@ def test_optimizer_state_round_trip(tmp_path):
     model(torch.randn(4, 3)).sum().backward()
     optimizer.step()
     directory = tmp_path / "checkpoints" / "step_00000001"
-    ckpt.save_checkpoint(directory, model.state_dict(), model.state_dict(), optimizer.state_dict(), {"step": 1})
-    state = ckpt.read_state(directory)
-    restored = ckpt.optimizer_from_tensors(ckpt.read_tensors(directory, "optimizer"), state["optimizer_param_groups"])
+    weights = {"model": model.state_dict(), "ema": model.state_dict()}
+    ckpt.save_checkpoint(directory, weights, {"optimizer": optimizer.state_dict()}, {"step": 1})
+    restored = ckpt.read_optimizer(directory, "optimizer")
     fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=5.0)
     fresh.load_state_dict(restored)
     assert fresh.param_groups[0]["lr"] == 1e-3

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from latentfm.errors import LatentFMError
 
 
 class Autoencoder(Protocol):
@@ -42,23 +45,66 @@ class LatentNorm:
         """Normalised latents back to raw latents for decoding."""
         return z / self._view(self.scale, z) + self._view(self.shift, z)
 
-    @classmethod
-    def estimate(cls, latents: Iterable[torch.Tensor], mode: str = "channel") -> LatentNorm:
-        """Mean and inverse standard deviation of a stream of latent batches ``[B, C, H, W]``.
-
-        ``mode`` is ``"channel"`` (per channel), ``"global"`` (one value for all channels) or ``"none"``.
-        Accumulates in float64.
-        """
+    @staticmethod
+    def moments(latents: Iterable[torch.Tensor]) -> tuple[list[float], list[float]]:
+        """Per-channel mean and variance of a stream of latent batches ``[B, C, H, W]``, in float64."""
         total, total_sq, count = 0.0, 0.0, 0
         for z in latents:
             z = z.detach().double().transpose(0, 1).flatten(1)
             total, total_sq, count = total + z.sum(1), total_sq + (z**2).sum(1), count + z.shape[1]
-        mean, var = total / count, total_sq / count - (total / count) ** 2
+        mean = total / count
+        return mean.tolist(), (total_sq / count - mean**2).tolist()
+
+    @classmethod
+    def from_moments(cls, mean: list[float], var: list[float], mode: str = "channel") -> LatentNorm:
+        """The normalisation that gives unit variance and zero mean per channel (``"channel"``), over all
+        channels (``"global"``), or the identity (``"none"``)."""
         channels = len(mean)
         if mode == "none":
             return cls([0.0] * channels, [1.0] * channels)
         if mode == "global":
-            global_mean = float(mean.mean())
-            global_var = float((var + mean**2).mean()) - global_mean**2
+            global_mean = sum(mean) / channels
+            global_var = sum(v + m**2 for v, m in zip(var, mean)) / channels - global_mean**2
             return cls([global_mean] * channels, [global_var**-0.5] * channels)
-        return cls(mean.tolist(), var.clamp_min(1e-12).rsqrt().tolist())
+        if mode == "channel":
+            return cls(list(mean), [max(v, 1e-12) ** -0.5 for v in var])
+        raise LatentFMError(f"autoencoder.normalize={mode!r} is unknown; use channel, global, none or pretrained")
+
+    @classmethod
+    def estimate(cls, latents: Iterable[torch.Tensor], mode: str = "channel") -> LatentNorm:
+        """The normalisation of ``mode`` estimated from a stream of latent batches (see ``from_moments``)."""
+        return cls.from_moments(*cls.moments(latents), mode)
+
+
+def weights_sha256(module: object) -> str:
+    """A hash of a module's tensors (names, dtypes, shapes, values); the same weights give the same hash."""
+    digest = hashlib.sha256()
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else {}
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def autoencoder_identity(autoencoder: Autoencoder, kind: str) -> dict[str, object]:
+    """What makes two autoencoders give the same latents: kind, weights hash, shapes and posterior rule."""
+    return {
+        "kind": kind,
+        "weights_sha256": weights_sha256(autoencoder),
+        "latent_channels": autoencoder.latent_channels,
+        "downsample_factor": autoencoder.downsample_factor,
+        "posterior": getattr(autoencoder, "posterior", "deterministic"),
+    }
+
+
+def latent_norm_for(autoencoder: Autoencoder, mode: str, moments: Callable[[], tuple[list, list]]) -> LatentNorm:
+    """The normalisation ``autoencoder.normalize`` asks for: the autoencoder's published one
+    (``"pretrained"``) or one estimated from ``moments()`` (called only when needed)."""
+    if mode != "pretrained":
+        return LatentNorm.from_moments(*moments(), mode)
+    if not hasattr(autoencoder, "pretrained_norm"):
+        raise LatentFMError(
+            "autoencoder.normalize=pretrained: this autoencoder publishes no normalisation; use normalize=channel"
+        )
+    return autoencoder.pretrained_norm()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
-class IdentityAutoencoder:
+class IdentityAutoencoder(nn.Module):
     """``encode`` and ``decode`` return their input; ``decode`` clamps to the image range [-1, 1]."""
 
     downsample_factor = 1
 
     def __init__(self, channels: int):
+        super().__init__()
         self.latent_channels = channels
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ Three kinds, all returning :class:`ImageData`:
 """
 
 import gzip
+import hashlib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,14 @@ class ImageData:
     def __len__(self) -> int:
         """Number of images."""
         return self.images.shape[0]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the images (shape and bytes) and labels: equal data, equal fingerprint."""
+        digest = hashlib.sha256(str(tuple(self.images.shape)).encode())
+        digest.update(self.images.contiguous().numpy().tobytes())
+        if self.labels is not None:
+            digest.update(self.labels.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def batch(
         self, indices: torch.Tensor, flip: torch.Tensor | None = None, device: torch.device | str | None = None

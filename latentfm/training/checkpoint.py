@@ -46,20 +46,30 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], param_groups: list[
 
 def save_checkpoint(
     directory: Path,
-    model: dict[str, torch.Tensor],
-    ema: dict[str, torch.Tensor],
-    optimizer: dict[str, Any] | None,
+    weights: dict[str, dict[str, torch.Tensor]],
+    optimizers: dict[str, dict[str, Any]],
     state: dict[str, Any],
 ) -> None:
-    """Write one checkpoint directory atomically (it appears complete or not at all)."""
+    """Write one checkpoint directory atomically (it appears complete or not at all).
+
+    Each entry of ``weights`` (e.g. ``model``, ``ema``) and ``optimizers`` (e.g. ``optimizer``) becomes
+    ``NAME.safetensors``; optimizer param groups go to ``state["param_groups"][NAME]``.
+    """
+    state = dict(state, param_groups={})
     with atomic_directory(directory) as tmp:
-        save_file(_cpu_tensors(model), tmp / "model.safetensors")
-        save_file(_cpu_tensors(ema), tmp / "ema.safetensors")
-        if optimizer is not None:
-            tensors, groups = optimizer_to_tensors(optimizer)
-            save_file(_cpu_tensors(tensors), tmp / "optimizer.safetensors")
-            state = dict(state, optimizer_param_groups=groups)
+        for name, tensors in weights.items():
+            save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
+        for name, optimizer_state in optimizers.items():
+            tensors, groups = optimizer_to_tensors(optimizer_state)
+            save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
+            state["param_groups"][name] = groups
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def read_optimizer(directory: Path, name: str = "optimizer") -> dict[str, Any]:
+    """An optimizer state dict saved by ``save_checkpoint`` under ``name``."""
+    groups = read_state(directory)["param_groups"][name]
+    return optimizer_from_tensors(read_tensors(directory, name), groups)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -1,0 +1,221 @@
+"""What every latentfm trainer shares: ranks and devices, stateless batches, resume, logging and the loop.
+
+Randomness is stateless: the batch indices and flips of step ``s`` are drawn for the whole global batch
+from seed ``(seed, stream, s)`` and each rank takes its slice, and model-internal randomness uses the
+global RNG reseeded with ``(seed, s, rank)``. An interrupted run resumed from a checkpoint therefore
+replays exactly what an uninterrupted one does, and ``N`` ranks with batch ``B/N`` see the same samples
+as one process with batch ``B``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from latentfm.config import OptimConfig, config_from_dict, config_to_dict
+from latentfm.errors import LatentFMError
+from latentfm.seeding import generator
+from latentfm.training import checkpoint as ckpt
+from latentfm.training.distributed import mean_across_ranks, setup_distributed
+
+# Independent random streams, each seeded from (train.seed, stream, ...).
+ORDER, STEP, NOISE, MODEL, NORM, INIT = range(6)
+
+# Keys that may change when a run is resumed; any other difference is refused.
+RESUMABLE_KEYS = {
+    "train.steps",
+    "train.log_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.out_dir",
+    "train.device",
+    "train.compile",
+    "sample",
+}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_difference(saved: Any, current: Any) -> str | None:
+    """The first key whose change would break an exact resume, or None."""
+    old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(current))
+    for key in sorted(old):
+        resumable = key in RESUMABLE_KEYS or key.split(".")[0] in RESUMABLE_KEYS
+        if not resumable and old[key] != new.get(key):
+            return f"{key}: {old[key]!r} in the checkpoint, {new.get(key)!r} now"
+    return None
+
+
+def learning_rate(optim: OptimConfig, total_steps: int, step: int) -> float:
+    """Linear warm-up to ``optim.lr``, then constant or cosine decay to ``lr * min_lr_ratio``."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return optim.lr
+    if optim.schedule != "cosine":
+        raise LatentFMError(f"optim.schedule={optim.schedule!r} is unknown; use 'constant' or 'cosine'")
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+    floor = optim.lr * optim.min_lr_ratio
+    return floor + 0.5 * (optim.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 on GPUs that support it under ``auto``; None means float32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    raise LatentFMError(f"train.precision={precision!r} is unknown; use 'auto', 'fp32' or 'bf16'")
+
+
+class TrainingLoop:
+    """The shared machinery; subclasses implement ``train_step``, ``save`` and ``save_samples``.
+
+    ``config`` is any run config with ``train`` and ``optim`` sections (see ``latentfm.config``).
+    """
+
+    def __init__(self, config: Any):
+        self.config, train = config, config.train
+        self.dist = setup_distributed(train.device)
+        self.device, self.run_dir = self.dist.device, Path(train.out_dir)
+        if train.batch_size % self.dist.world_size:
+            raise LatentFMError(f"train.batch_size={train.batch_size} must divide by the {self.dist.world_size} ranks")
+        self.local_batch = train.batch_size // self.dist.world_size
+        self.autocast_dtype = resolve_precision(train.precision, self.device)
+        self.step = 0
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast when the run's precision asks for it, else a disabled context."""
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` compiled (``train.compile``) and wrapped in DDP when there are several ranks."""
+        if self.config.train.compile:
+            model = torch.compile(model)
+        if self.dist.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        return model
+
+    def set_learning_rate(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply this step's learning rate to ``optimizer``."""
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step)
+
+    # -- stateless batches ---------------------------------------------------------------------------
+
+    def _epoch_order(self, size: int, epoch: int) -> torch.Tensor:
+        """The shuffled order of ``size`` items in ``epoch``, drawn once per epoch from ``(seed, epoch)``."""
+        if self._order is None or self._order[0] != epoch:
+            order = torch.randperm(size, generator=generator("cpu", self.config.train.seed, ORDER, epoch))
+            self._order = (epoch, order)
+        return self._order[1]
+
+    def rank_slice(self) -> slice:
+        """This rank's part of a global batch."""
+        return slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
+
+    def batch_indices(self, size: int, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's dataset indices for ``step`` and, with ``data.hflip``, which of them to flip."""
+        batch, seed = self.config.train.batch_size, self.config.train.seed
+        epoch, position = divmod(step, size // batch)
+        indices = self._epoch_order(size, epoch)[position * batch : (position + 1) * batch]
+        flips = None
+        if self.config.data.hflip:
+            flips = (torch.rand(batch, generator=generator("cpu", seed, STEP, step)) < 0.5)[self.rank_slice()]
+        return indices[self.rank_slice()], flips
+
+    # -- resume --------------------------------------------------------------------------------------
+
+    def find_resume_checkpoint(self) -> Path | None:
+        """The run directory's latest checkpoint, refused when it was made under another config."""
+        found = ckpt.list_checkpoints(self.run_dir)
+        if not found:
+            return None
+        saved = config_from_dict(ckpt.read_state(found[-1])["config"], cls=type(self.config))
+        difference = config_difference(saved, self.config)
+        if difference:
+            raise LatentFMError(
+                f"{self.run_dir} holds a run with another config ({difference}); "
+                "choose a new train.out_dir or restore the old value"
+            )
+        return found[-1]
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns detached scalar losses by name (``loss`` first)."""
+        raise NotImplementedError
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step and return its directory."""
+        raise NotImplementedError
+
+    def save_samples(self) -> Path:
+        """Write a picture of the current model and return its path."""
+        raise NotImplementedError
+
+    def _log(self, sums: dict[str, torch.Tensor], window: int, seconds: float, bar: tqdm) -> None:
+        """Append the mean losses of the last ``window`` steps (over all ranks) to ``metrics.jsonl``."""
+        record: dict[str, float] = {"step": self.step}
+        for name, total in sums.items():
+            record[name] = float(mean_across_ranks(total / window))
+        record["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step - 1)
+        record["images_per_s"] = window * self.config.train.batch_size / seconds
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+    def run(self, until_step: int | None = None) -> Path:
+        """Train to ``train.steps`` (or stop early at ``until_step``); returns the last checkpoint.
+
+        An interrupted single-process run (Ctrl-C) saves a checkpoint of the step it reached first.
+        """
+        train = self.config.train
+        first, last = self.step, min(train.steps, until_step or train.steps)
+        bar = tqdm(total=last, initial=self.step, desc="training", disable=not self.dist.is_main)
+        sums: dict[str, torch.Tensor] = {}
+        window, clock = 0, time.perf_counter()
+        try:
+            while self.step < last:
+                for name, value in self.train_step().items():
+                    sums[name] = sums.get(name, 0.0) + value
+                window += 1
+                bar.update(1)
+                if self.step % train.log_every == 0 or self.step == last:
+                    self._log(sums, window, time.perf_counter() - clock, bar)
+                    sums, window, clock = {}, 0, time.perf_counter()
+                if train.sample_every and self.step % train.sample_every == 0 and self.dist.is_main:
+                    self.save_samples()
+                if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step != last:
+                    self.save()
+        except KeyboardInterrupt:
+            if self.dist.world_size == 1 and self.step > first:
+                print(f"\ninterrupted: saved {self.save()}")
+            raise
+        finally:
+            bar.close()
+        return self.save()

@@ -1,0 +1,125 @@
+"""The KL autoencoder and its trainer: shapes, posterior, exact resume with the GAN term, DDP, loading."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from latentfm.autoencoders import build_autoencoder
+from latentfm.autoencoders.kl import KLAutoencoder, kl_divergence
+from latentfm.cli import main
+from latentfm.config import AutoencoderRunConfig, KLModelConfig, load_config
+from latentfm.errors import LatentFMError
+from latentfm.training import checkpoint as ckpt
+from latentfm.training.autoencoder_trainer import AutoencoderTrainer
+
+from .test_trainer import assert_same_tensors, weights
+
+TINY_AE = [
+    "data.dataset=digits",
+    "data.hflip=true",
+    "model.channels=8",
+    "model.channel_mult=[1,2]",
+    "model.groups=4",
+    "model.latent_channels=2",
+    "train.device=cpu",
+    "train.batch_size=16",
+    "train.steps=6",
+    "train.log_every=2",
+    "train.checkpoint_every=0",
+    "train.ema_decay=0.9",
+    "optim.lr=1e-3",
+]
+
+
+def tiny_ae_config(run_dir, *extra):
+    return load_config(None, [*TINY_AE, f"train.out_dir={run_dir}", *extra], cls=AutoencoderRunConfig)
+
+
+@pytest.mark.parametrize("mult, factor", [([1], 1), ([1, 2], 2), ([1, 2, 2], 4), ([1, 1, 2, 2], 8)])
+def test_kl_autoencoder_shapes_follow_the_channel_multipliers(mult, factor):
+    model = KLAutoencoder(3, KLModelConfig(channels=8, channel_mult=mult, groups=4, latent_channels=3))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = model.encode(x)
+    assert model.downsample_factor == factor and z.shape == (2, 3, 16 // factor, 16 // factor)
+    y = model.decode(z)
+    assert y.shape == x.shape and y.abs().max() <= 1.0
+
+
+def test_posterior_mean_is_deterministic_and_sampling_is_seeded():
+    model = KLAutoencoder(1, KLModelConfig(channels=8, channel_mult=[1, 2], groups=4))
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    assert torch.equal(model.encode(x), model.encode(x))
+    model.posterior = "sample"
+    first = model.encode(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, model.encode(x, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(first, model.posterior_params(x)[0])
+
+
+def test_kl_divergence_closed_form():
+    mean, logvar = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    expected = 0.5 * torch.tensor([1.0, torch.e**2 - 1 - 2]).mean()
+    torch.testing.assert_close(kl_divergence(mean, logvar), expected)
+
+
+def test_interrupted_gan_run_resumes_to_identical_weights(tmp_path):
+    extra = ["loss.gan_weight=0.1", "loss.gan_start=2", "loss.disc_channels=8", "loss.l2_weight=1.0"]
+    AutoencoderTrainer(tiny_ae_config(tmp_path / "straight", *extra)).run()
+    AutoencoderTrainer(tiny_ae_config(tmp_path / "split", *extra)).run(until_step=3)
+    resumed = AutoencoderTrainer(tiny_ae_config(tmp_path / "split", *extra))
+    assert resumed.step == 3
+    resumed.run()
+    for name in ("model", "ema", "optimizer", "disc", "disc_optimizer"):
+        assert_same_tensors(weights(tmp_path / "straight", name), weights(tmp_path / "split", name))
+    log = (tmp_path / "straight" / "metrics.jsonl").read_text()
+    assert '"discriminator"' in log and '"generator"' in log and '"kl"' in log
+
+
+def test_loaded_autoencoder_is_the_ema_of_the_run(tmp_path):
+    trainer = AutoencoderTrainer(tiny_ae_config(tmp_path / "run"))
+    trainer.run()
+    autoencoder = build_autoencoder({"kind": "kl", "checkpoint": str(tmp_path / "run")}, image_channels=1)
+    x = trainer.data.batch(torch.arange(4))[0]
+    assert torch.equal(autoencoder.encode(x), trainer.ema.model.encode(x))
+    assert not any(p.requires_grad for p in autoencoder.parameters())
+    assert trainer.save_samples().is_file()
+    with pytest.raises(LatentFMError, match="data.channels=1"):
+        build_autoencoder({"kind": "kl", "checkpoint": str(tmp_path / "run")}, image_channels=3)
+
+
+def test_flow_checkpoint_is_not_an_autoencoder(tmp_path, tiny_overrides):
+    from latentfm.training.trainer import Trainer
+
+    Trainer(load_config(None, [*tiny_overrides, "train.steps=1"])).run()
+    with pytest.raises(LatentFMError, match="not a KL autoencoder checkpoint"):
+        build_autoencoder({"kind": "kl", "checkpoint": str(tmp_path / "run")}, image_channels=1)
+
+
+def test_image_size_must_divide_by_the_factor(tmp_path):
+    with pytest.raises(LatentFMError, match="downsampling factor 4"):
+        AutoencoderTrainer(tiny_ae_config(tmp_path / "run", "model.channel_mult=[1,2,2]", "data.image_size=10"))
+
+
+def test_cli_trains_and_reports_test_psnr(tmp_path, capsys):
+    run, config = tmp_path / "run", tmp_path / "empty.yaml"
+    config.write_text("")
+    assert main(["train-autoencoder", "--config", str(config), *TINY_AE, f"train.out_dir={run}", "train.steps=2"]) == 0
+    assert "test PSNR (8-bit, EMA weights, 297 images)" in capsys.readouterr().out
+    assert (run / "eval.json").is_file() and ckpt.list_checkpoints(run)
+    assert main(["train-autoencoder", "--config", str(config), "model.channel_mult=[1,x]"]) == 2
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """torchrun with 2 gloo ranks at batch 8 each equals one process at batch 16."""
+    AutoencoderTrainer(tiny_ae_config(tmp_path / "one", "train.steps=3")).run()
+    config = tmp_path / "empty.yaml"
+    config.write_text("")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    command += ["latentfm.cli", "train-autoencoder", "--config", str(config), "--eval-split", "none", *TINY_AE]
+    command += [f"train.out_dir={tmp_path / 'two'}", "train.steps=3"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_tensors(weights(tmp_path / "one", "model"), weights(tmp_path / "two", "model"), exact=False)
