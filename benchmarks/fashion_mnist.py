@@ -33,16 +33,22 @@ from latentfm.training.trainer import Trainer
 RESULTS = Path(__file__).parent / "results"
 
 
-def prepare_latents(config: Config, recipe: str) -> dict[str, float]:
-    """Train the recipe's KL autoencoder and encode its latent cache when they are missing; their minutes."""
+def prepare_latents(config: Config, recipe: str, overrides: list[str]) -> dict[str, float]:
+    """Train the recipe's KL autoencoder and encode its latent cache when they are missing; their minutes.
+
+    The autoencoder run sees the ``data.*`` overrides; encoding sees all of them."""
     minutes = {}
     if config.autoencoder.kind == "kl" and not list_checkpoints(Path(config.autoencoder.checkpoint)):
         start = time.perf_counter()
-        assert cli.main(["train-autoencoder", "--config", str(recipe_path("fashion_mnist_autoencoder"))]) == 0
+        data_overrides = [o for o in overrides if o.startswith("data.") and not o.startswith("data.latent_cache")]
+        ae_config = str(recipe_path("fashion_mnist_autoencoder"))
+        ae_run = f"train.out_dir={config.autoencoder.checkpoint}"
+        assert cli.main(["train-autoencoder", "--config", ae_config, *data_overrides, ae_run]) == 0
         minutes["autoencoder_train_minutes"] = round((time.perf_counter() - start) / 60, 1)
     if config.data.latent_cache:
         start = time.perf_counter()
-        assert cli.main(["encode", "--config", str(recipe_path(recipe)), "--out", config.data.latent_cache]) == 0
+        cache = config.data.latent_cache
+        assert cli.main(["encode", "--config", str(recipe_path(recipe)), "--out", cache, *overrides]) == 0
         minutes["encode_minutes"] = round((time.perf_counter() - start) / 60, 1)
     return minutes
 
@@ -57,7 +63,7 @@ def main() -> None:
     config = load_config(recipe_path(args.recipe), args.overrides)
     report: dict = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "config": args.recipe}
     if not args.skip_train:
-        report.update(prepare_latents(config, args.recipe))
+        report.update(prepare_latents(config, args.recipe, args.overrides))
         start = time.perf_counter()
         Trainer(config).run()
         report["train_minutes"] = round((time.perf_counter() - start) / 60, 1)

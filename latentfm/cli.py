@@ -56,7 +56,7 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
     from latentfm.atomic import write_bytes_atomic
     from latentfm.autoencoders.kl import load_kl_autoencoder
     from latentfm.config import AutoencoderRunConfig, load_config
-    from latentfm.data import load_dataset
+    from latentfm.data import load_data_config
     from latentfm.metrics.reconstruction import reconstruction_psnr
     from latentfm.training.autoencoder_trainer import AutoencoderTrainer
     from latentfm.training.distributed import teardown_distributed
@@ -67,8 +67,7 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
         checkpoint = trainer.run()
         print(f"checkpoint: {checkpoint}")
         if trainer.dist.is_main and args.eval_split != "none":
-            d = config.data
-            data = load_dataset(d.dataset, d.path, args.eval_split, d.image_size, d.channels, d.skip_corrupt)
+            data = load_data_config(config.data, args.eval_split)
             autoencoder = load_kl_autoencoder(checkpoint).to(trainer.device)
             psnr = reconstruction_psnr(autoencoder, data, device=trainer.device, progress=True)
             report = {"checkpoint": str(checkpoint), "split": args.eval_split, "images": len(data), "psnr_db": psnr}
@@ -80,55 +79,20 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     """Encode a config's dataset with its autoencoder into a latent cache (resumable; shards across torchrun ranks)."""
-    import dataclasses
-
-    from latentfm.autoencoders import build_autoencoder
-    from latentfm.autoencoders.base import autoencoder_identity
     from latentfm.config import load_config
-    from latentfm.data import latent_cache as cache
-    from latentfm.data import load_dataset
-    from latentfm.training.distributed import barrier, setup_distributed, teardown_distributed
+    from latentfm.data.latent_cache import build_cache
+    from latentfm.training.distributed import teardown_distributed
 
     config = load_config(args.config, args.overrides)
-    d, spec = config.data, dataclasses.asdict(config.autoencoder)
-    dist = setup_distributed(args.device)
     try:
-        data = load_dataset(d.dataset, d.path, d.split, d.image_size, d.channels, d.skip_corrupt)
-        autoencoder = build_autoencoder(spec, image_channels=data.images.shape[1]).to(dist.device)
-        with torch.no_grad():
-            latent_shape = tuple(autoencoder.encode(data.batch(torch.arange(1), device=dist.device)[0]).shape[1:])
-        description = {
-            "kind": d.dataset,
-            "path": d.path,
-            "split": d.split,
-            "image_size": d.image_size,
-            "channels": d.channels,
-        }
-        identity = autoencoder_identity(autoencoder, spec["kind"])
-        hflip = d.hflip if args.hflip is None else args.hflip
-        header = cache.cache_header(data, identity, description, latent_shape, hflip, args.dtype, args.shard_size)
-        if cache.prepare_cache(args.out, header, write=dist.is_main):
-            print(f"{args.out} is already a complete latent cache of this data and autoencoder")
-            return
-        barrier()
-        written = cache.encode_shards(
-            args.out,
-            header,
-            data,
-            autoencoder,
-            dist.device,
-            args.batch_size,
-            config.train.seed,
-            dist.rank,
-            dist.world_size,
-            progress=dist.is_main,
+        manifest, written = build_cache(
+            config, args.out, args.hflip, args.dtype, args.shard_size, args.batch_size, args.device
         )
-        barrier()
-        if dist.is_main:
-            manifest = cache.finalize_cache(args.out, data)
+        if manifest is not None:
+            done = f"{written} new shards on this rank" if written else "already complete, nothing encoded"
             print(
-                f"encoded {len(data)} images ({written} new shards on rank 0) into {args.out}: latents "
-                f"{manifest['latent_shape']} {manifest['dtype']}, hflip={manifest['hflip']}"
+                f"latent cache {args.out}: {manifest['dataset']['count']} images, latents "
+                f"{manifest['latent_shape']} {manifest['dtype']}, hflip={manifest['hflip']} ({done})"
             )
     finally:
         teardown_distributed()

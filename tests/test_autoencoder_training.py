@@ -112,14 +112,36 @@ def test_cli_trains_and_reports_test_psnr(tmp_path, capsys):
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
-    """torchrun with 2 gloo ranks at batch 8 each equals one process at batch 16."""
-    AutoencoderTrainer(tiny_ae_config(tmp_path / "one", "train.steps=3")).run()
+    """torchrun with 2 gloo ranks at batch 8 each equals one process at batch 16, GAN term included."""
+    gan = ["loss.gan_weight=0.1", "loss.gan_start=1", "loss.disc_channels=8"]
+    AutoencoderTrainer(tiny_ae_config(tmp_path / "one", "train.steps=3", *gan)).run()
     config = tmp_path / "empty.yaml"
     config.write_text("")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     command += ["latentfm.cli", "train-autoencoder", "--config", str(config), "--eval-split", "none", *TINY_AE]
-    command += [f"train.out_dir={tmp_path / 'two'}", "train.steps=3"]
+    command += [f"train.out_dir={tmp_path / 'two'}", "train.steps=3", *gan]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert_same_tensors(weights(tmp_path / "one", "model"), weights(tmp_path / "two", "model"), exact=False)
+    for name in ("model", "disc"):
+        assert_same_tensors(weights(tmp_path / "one", name), weights(tmp_path / "two", name), exact=False)
+
+
+def test_psnr_known_answers():
+    from latentfm.metrics.reconstruction import psnr_8bit
+
+    images = torch.full((2, 1, 4, 4), -1.0)  # 8-bit level 0
+    one_level = images + 2.0 / 255  # level 1 everywhere
+    torch.testing.assert_close(
+        psnr_8bit(images, one_level), torch.full((2,), 20 * torch.log10(torch.tensor(255.0))).double()
+    )
+    assert (psnr_8bit(images, images) > 100).all()
+
+
+def test_bad_autoencoder_shapes_are_one_line_errors():
+    with pytest.raises(LatentFMError, match="model.groups=8"):
+        KLAutoencoder(1, KLModelConfig(channels=12, channel_mult=[1, 2]))
+    with pytest.raises(LatentFMError, match="one positive multiplier"):
+        KLAutoencoder(1, KLModelConfig(channel_mult=[]))
+    with pytest.raises(LatentFMError, match="model.groups=0"):
+        KLAutoencoder(1, KLModelConfig(groups=0))

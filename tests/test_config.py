@@ -52,6 +52,17 @@ def test_bad_files(tmp_path):
         load_config(scalar)
 
 
-@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "imagenet256_dit_b2"])
+@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "fashion_mnist_latent", "imagenet256_dit_b2"])
 def test_shipped_recipes_load(name):
     assert load_config(recipe_path(name)).train.steps > 0
+
+
+def test_autoencoder_recipe_loads_with_its_list_field():
+    from latentfm.config import AutoencoderRunConfig
+
+    config = load_config(
+        recipe_path("fashion_mnist_autoencoder"), ["model.channel_mult=[1,2,2,2]"], AutoencoderRunConfig
+    )
+    assert config.model.channel_mult == [1, 2, 2, 2] and config.model.latent_channels == 4
+    with pytest.raises(LatentFMError, match=r"model.channel_mult\[1\]: expected int"):
+        load_config(recipe_path("fashion_mnist_autoencoder"), ["model.channel_mult=[1,two]"], AutoencoderRunConfig)

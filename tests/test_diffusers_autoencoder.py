@@ -95,3 +95,17 @@ def test_errors_are_one_clear_line(vae_dir, tmp_path):
         load_diffusers_autoencoder(vae_dir, posterior="median")
     with pytest.raises(LatentFMError, match="3-channel images, not 2"):
         load_diffusers_autoencoder(vae_dir, image_channels=2)
+
+
+def test_flow_training_through_the_diffusers_adapter_with_its_published_norm(vae_dir, tiny_overrides, tmp_path):
+    from latentfm.config import load_config
+    from latentfm.pipeline import FlowPipeline
+    from latentfm.training.trainer import Trainer
+
+    ae = ["autoencoder.kind=diffusers", f"autoencoder.path={vae_dir}", "autoencoder.normalize=pretrained"]
+    trainer = Trainer(load_config(None, [*tiny_overrides, *ae, "data.image_size=16", "model.patch_size=1"]))
+    assert trainer.latent_shape == (4, 8, 8)
+    assert trainer.latent_norm.shift == [0.1] * 4 and trainer.latent_norm.scale == [0.5] * 4
+    trainer.run()
+    images, _ = FlowPipeline.from_checkpoint(tmp_path / "run").generate(torch.arange(2), nfe=2)
+    assert images.shape == (2, 1, 16, 16)

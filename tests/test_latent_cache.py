@@ -57,10 +57,11 @@ def test_cache_holds_exactly_the_encoded_images_and_flips(tmp_path, encode_confi
     torch.testing.assert_close(latents, autoencoder.encode(images), atol=1e-5, rtol=1e-5)
     assert torch.equal(labels, expected_labels)
     assert len(opened) == 1500 and opened.latent_shape == (2, 4, 4) and len(opened.shards) == 4
-    everything = torch.cat([torch.from_numpy(np.array(s)).flatten(0, 1) for s in opened.shards])
-    mean, var = LatentNorm.moments([everything])
-    np.testing.assert_allclose(opened.moments()[0], mean, rtol=1e-9)
-    np.testing.assert_allclose(opened.moments()[1], var, rtol=1e-9)
+    everything = torch.cat([torch.from_numpy(np.array(s)).flatten(0, 1) for s in opened.shards]).double()
+    per_channel = everything.transpose(0, 1).flatten(1)
+    assert everything.shape[0] == 3000  # both views of every image
+    np.testing.assert_allclose(opened.moments()[0], per_channel.mean(1).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(opened.moments()[1], per_channel.var(1, unbiased=False).numpy(), rtol=1e-7)
 
 
 def test_interrupted_cache_resumes_without_re_encoding(tmp_path, encode_config):
@@ -96,8 +97,10 @@ def test_cache_of_another_autoencoder_or_dataset_is_refused(tmp_path, encode_con
 
 
 def test_ranks_share_the_shards(tmp_path, kl_run):
+    """Sampled posteriors too: each shard reseeds from (seed, shard), whichever rank encodes it."""
     data = load_dataset("digits")
-    autoencoder = build_autoencoder({"kind": "kl", "checkpoint": str(kl_run)}, image_channels=1)
+    spec = {"kind": "kl", "checkpoint": str(kl_run), "posterior": "sample"}
+    autoencoder = build_autoencoder(spec, image_channels=1)
     identity = autoencoder_identity(autoencoder, "kl")
     header = cache.cache_header(data, identity, {"kind": "digits"}, (2, 4, 4), shard_size=300)
     outputs = {}
@@ -112,6 +115,7 @@ def test_ranks_share_the_shards(tmp_path, kl_run):
 
 
 def test_torchrun_encodes_with_two_ranks(tmp_path, encode_config):
+    encode_config.write_text(encode_config.read_text() + "  posterior: sample\n")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     command += ["latentfm.cli", "encode", "--config", str(encode_config), "--out", str(tmp_path / "two")]
@@ -150,6 +154,35 @@ def test_cache_from_another_autoencoder_is_refused_by_training(tmp_path, encode_
         Trainer(config)
 
 
+def test_cache_from_other_weights_of_the_same_architecture_is_refused(tmp_path, encode_config):
+    out = tmp_path / "cache"
+    assert _encode(encode_config, out) == 0
+    other = tmp_path / "other_ae"
+    config = load_config(
+        None, [*TINY_AE, f"train.out_dir={other}", "train.steps=2", "train.seed=1"], cls=AutoencoderRunConfig
+    )
+    AutoencoderTrainer(config).run()
+    ae = ["autoencoder.kind=kl", f"autoencoder.checkpoint={other}", f"data.latent_cache={out}"]
+    with pytest.raises(LatentFMError, match="autoencoder.weights_sha256"):
+        Trainer(load_config(None, [*TINY, *ae, f"train.out_dir={tmp_path / 'run'}"]))
+
+
+def test_damaged_or_mismatched_inputs_are_refused(tmp_path, encode_config, kl_run):
+    out = tmp_path / "cache"
+    assert _encode(encode_config, out, "--shard-size", "1000") == 0
+    np.save(out / "shard_00001.npy", np.zeros((3, 1, 2, 4, 4), np.float32))
+    with pytest.raises(LatentFMError, match="shard_00001.npy has shape"):
+        LatentCache(out)
+    (out / "shard_00001.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(LatentFMError, match="cannot read latent cache shard"):
+        LatentCache(out)
+    odd = [*TINY, "autoencoder.kind=kl", f"autoencoder.checkpoint={kl_run}", "data.image_size=9"]
+    with pytest.raises(LatentFMError, match="downsampling factor 2"):
+        Trainer(load_config(None, [*odd, f"train.out_dir={tmp_path / 'run'}"]))
+    assert _encode(encode_config, tmp_path / "c2", "data.image_size=9") == 2
+    assert _encode(encode_config, tmp_path / "c3", "--batch-size", "0") == 2
+
+
 def test_pipeline_refuses_other_autoencoder_weights(tmp_path, kl_run, tiny_overrides):
     ae = ["autoencoder.kind=kl", f"autoencoder.checkpoint={kl_run}", "train.steps=1"]
     Trainer(load_config(None, [*tiny_overrides, *ae])).run()
@@ -176,3 +209,17 @@ def test_latent_norm_modes():
         latent_norm_for(build_autoencoder({"kind": "identity"}, 1), "pretrained", lambda: (mean, var))
     with pytest.raises(LatentFMError, match="normalize='median'"):
         LatentNorm.from_moments(mean, var, "median")
+
+
+def test_autoencoder_config_errors_are_one_line(tmp_path, capsys):
+    config = tmp_path / "taesd.yaml"
+    config.write_text("data:\n  dataset: digits\nautoencoder:\n  kind: taesd\n  encoder: /nowhere/enc.pth\n")
+    assert _encode(config, tmp_path / "cache") == 2
+    assert "needs autoencoder.decoder" in capsys.readouterr().err
+    config.write_text(config.read_text() + "  decoder: /nowhere/dec.pth\n")
+    assert _encode(config, tmp_path / "cache") == 2
+    error = capsys.readouterr().err
+    assert "/nowhere/enc.pth not found" in error and len(error.strip().splitlines()) == 1
+    config.write_text("data:\n  dataset: digits\nautoencoder:\n  kind: vqgan\n")
+    assert _encode(config, tmp_path / "cache") == 2
+    assert "available: identity, taesd, kl, diffusers" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from latentfm.autoencoders.taesd import TinyAutoencoder, load_tiny_autoencoder
 from latentfm.errors import LatentFMError
+from latentfm.metrics.reconstruction import psnr_8bit
 
 TAEF2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "taef2"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -24,13 +25,6 @@ def _fashion_test_images(count: int, size: int) -> torch.Tensor:
     images = load_dataset("idx", None, "test").images[:count].float() / 255.0
     images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(0.0, 1.0)
     return images.repeat(1, 3, 1, 1)
-
-
-def _psnr_8bit(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] after quantising both to 8 bits."""
-    a, b = (((t + 1.0) * 127.5).round().clamp(0, 255) for t in (a, b))
-    mse = ((a - b) ** 2).flatten(1).mean(1)
-    return 10.0 * torch.log10(255.0**2 / mse)
 
 
 def _write(tmp_path: Path, model: TinyAutoencoder, suffix: str, edit=None, prefix: str = "tiny") -> tuple[Path, Path]:
@@ -62,7 +56,7 @@ def test_taef2_round_trip_on_fashion_mnist():
     assert (_pooled(model.encoder), _pooled(model.decoder)) == ([11, 12, 13], [3, 4, 5])
     assert z.shape == (64, 32, 8, 8) and z.dtype == torch.float32
     assert y.shape == x.shape and y.min() >= -1.0 and y.max() <= 1.0
-    assert _psnr_8bit(x, y).mean() >= 29.0  # about 29.4 dB measured at 64x64 (35.7 dB at 128x128)
+    assert psnr_8bit(x, y).mean() >= 29.0  # about 29.4 dB measured at 64x64 (35.7 dB at 128x128)
 
 
 @pytest.mark.parametrize(("latent_channels", "encoder_pool", "decoder_pool"), [(4, {12}, {4}), (16, set(), set())])

@@ -52,6 +52,8 @@ class LatentNorm:
         for z in latents:
             z = z.detach().double().transpose(0, 1).flatten(1)
             total, total_sq, count = total + z.sum(1), total_sq + (z**2).sum(1), count + z.shape[1]
+        if count == 0:
+            raise LatentFMError("no latents to estimate the normalisation from; set autoencoder.norm_batches >= 1")
         mean = total / count
         return mean.tolist(), (total_sq / count - mean**2).tolist()
 
@@ -85,6 +87,16 @@ def weights_sha256(module: object) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def check_image_size(image_shape: tuple[int, ...], autoencoder: Autoencoder) -> None:
+    """Refuse images whose height or width the autoencoder's downsampling factor does not divide."""
+    height, width, factor = image_shape[-2], image_shape[-1], autoencoder.downsample_factor
+    if height % factor or width % factor:
+        raise LatentFMError(
+            f"images of {height}x{width} do not divide by the autoencoder's downsampling factor {factor}; "
+            f"set data.image_size to a multiple of {factor}"
+        )
 
 
 def autoencoder_identity(autoencoder: Autoencoder, kind: str) -> dict[str, object]:

@@ -79,6 +79,14 @@ def decoder(image_channels: int, cfg: KLModelConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _check_shape(cfg: KLModelConfig) -> None:
+    widths = [cfg.channels * m for m in cfg.channel_mult]
+    if not widths or min(widths) < 1:
+        raise LatentFMError(f"model.channel_mult={cfg.channel_mult}: give one positive multiplier per resolution")
+    if cfg.groups < 1 or any(w % cfg.groups for w in widths):
+        raise LatentFMError(f"model.channels × channel_mult {widths} must all divide by model.groups={cfg.groups}")
+
+
 class KLAutoencoder(nn.Module):
     """Encoder to a diagonal Gaussian posterior ``N(mean, exp(logvar))`` and a decoder back to images.
 
@@ -88,6 +96,7 @@ class KLAutoencoder(nn.Module):
 
     def __init__(self, image_channels: int, cfg: KLModelConfig, posterior: str = "mean"):
         super().__init__()
+        _check_shape(cfg)
         self.image_channels, self.posterior = image_channels, posterior
         self.latent_channels = cfg.latent_channels
         self.downsample_factor = 2 ** (len(cfg.channel_mult) - 1)

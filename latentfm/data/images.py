@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latentfm.config import DataConfig
 from latentfm.errors import LatentFMError
 
 KINDS = ("digits", "idx", "folder")
@@ -113,6 +114,11 @@ def load_dataset(
     if image_size is not None:
         data.images = _resize(data.images, image_size)
     return data
+
+
+def load_data_config(data: DataConfig, split: str | None = None) -> ImageData:
+    """The dataset a config's ``data`` section describes (its split, or ``split`` when given)."""
+    return load_dataset(data.dataset, data.path, split or data.split, data.image_size, data.channels, data.skip_corrupt)
 
 
 def _load_digits(split: str) -> ImageData:

@@ -13,6 +13,7 @@ stored latents, only when every shard exists. Training reads the shards memory-m
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -23,16 +24,29 @@ import torch
 from tqdm.auto import tqdm
 
 from latentfm.atomic import write_bytes_atomic
-from latentfm.autoencoders.base import Autoencoder, LatentNorm
-from latentfm.data.images import ImageData
+from latentfm.autoencoders import build_autoencoder
+from latentfm.autoencoders.base import Autoencoder, LatentNorm, autoencoder_identity, check_image_size
+from latentfm.config import Config
+from latentfm.data.images import ImageData, load_data_config
 from latentfm.errors import LatentFMError
 from latentfm.seeding import derive_seed
+from latentfm.training.distributed import barrier, setup_distributed
 
 FORMAT = "latentfm-latent-cache/1"
 MANIFEST = "manifest.json"
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # Header keys that decide what the shards contain; a cache that differs in any of them is refused.
-IDENTITY_KEYS = ("format", "autoencoder", "dataset", "hflip", "dtype", "shard_size", "latent_shape")
+# (The dataset's path and description may change: a moved dataset with the same fingerprint is the same data.)
+IDENTITY_KEYS = (
+    "format",
+    "autoencoder",
+    "dataset.count",
+    "dataset.fingerprint",
+    "hflip",
+    "dtype",
+    "shard_size",
+    "sampling",
+)
 
 
 def cache_header(
@@ -43,12 +57,22 @@ def cache_header(
     hflip: bool = False,
     dtype: str = "float32",
     shard_size: int = 4096,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """The manifest of a cache before encoding: everything that identifies its contents."""
+    """The manifest of a cache before encoding: everything that identifies its contents.
+
+    An autoencoder that samples its posterior makes latents that also depend on the seed, the batch size
+    (one draw per call) and the device type, so those are part of the identity then.
+    """
     if dtype not in DTYPES:
         raise LatentFMError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
-    if shard_size < 1:
-        raise LatentFMError(f"--shard-size {shard_size}: must be at least 1")
+    if shard_size < 1 or batch_size < 1:
+        raise LatentFMError(f"--shard-size {shard_size} and --batch-size {batch_size} must be at least 1")
+    sampling = None
+    if autoencoder_identity["posterior"] == "sample":
+        sampling = {"seed": seed, "batch_size": batch_size, "device_type": torch.device(device).type}
     return {
         "format": FORMAT,
         "autoencoder": autoencoder_identity,
@@ -56,6 +80,7 @@ def cache_header(
         "hflip": hflip,
         "dtype": dtype,
         "shard_size": shard_size,
+        "sampling": sampling,
         "latent_shape": list(latent_shape),
         "image_shape": list(data.images.shape[1:]),
         "num_classes": data.num_classes,
@@ -77,11 +102,14 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
 def _difference(saved: dict[str, Any], header: dict[str, Any]) -> str | None:
     """The first identity key in which an existing cache differs from ``header``, with both values."""
     for key in IDENTITY_KEYS:
-        old, new = saved.get(key), header.get(key)
+        section, _, sub = key.partition(".")
+        old, new = saved.get(section), header.get(section)
+        if sub:
+            old, new = (old or {}).get(sub), (new or {}).get(sub)
         if isinstance(old, dict) and isinstance(new, dict):
-            for sub in sorted(set(old) | set(new)):
-                if old.get(sub) != new.get(sub):
-                    return f"{key}.{sub}: {old.get(sub)!r} in the cache, {new.get(sub)!r} now"
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    return f"{key}.{name}: {old.get(name)!r} in the cache, {new.get(name)!r} now"
         elif old != new:
             return f"{key}: {old!r} in the cache, {new!r} now"
     return None
@@ -190,6 +218,55 @@ def check_cache_autoencoder(cache: LatentCache, identity: dict[str, Any]) -> Non
         )
 
 
+def build_cache(
+    config: Config,
+    out: str | Path,
+    hflip: bool | None = None,
+    dtype: str = "float32",
+    shard_size: int = 4096,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> tuple[dict[str, Any] | None, int]:
+    """Encode ``config.data`` with ``config.autoencoder`` into the cache ``out`` (what ``latentfm encode`` does).
+
+    Resumes an unfinished cache; under ``torchrun`` the ranks share the shards. Returns the finished
+    manifest (on the main rank; None on the others) and the number of shards this rank encoded.
+    """
+    spec = dataclasses.asdict(config.autoencoder)
+    dist = setup_distributed(device)
+    data = load_data_config(config.data)
+    autoencoder = build_autoencoder(spec, image_channels=data.images.shape[1]).to(dist.device)
+    check_image_size(data.images.shape, autoencoder)
+    with torch.no_grad():
+        latent_shape = tuple(autoencoder.encode(data.batch(torch.arange(1), device=dist.device)[0]).shape[1:])
+    d = config.data
+    description = {
+        "kind": d.dataset,
+        "path": d.path,
+        "split": d.split,
+        "image_size": d.image_size,
+        "channels": d.channels,
+    }
+    identity = autoencoder_identity(autoencoder, spec["kind"])
+    hflip = d.hflip if hflip is None else hflip
+    seed = config.train.seed
+    header = cache_header(
+        data, identity, description, latent_shape, hflip, dtype, shard_size, seed, batch_size, dist.device
+    )
+    # The main rank creates the manifest before the others look, so no rank sees a half-made directory.
+    complete = prepare_cache(out, header) if dist.is_main else False
+    barrier()
+    if not dist.is_main:
+        complete = prepare_cache(out, header, write=False)
+    if complete:
+        return (_read_manifest(Path(out)) if dist.is_main else None), 0
+    written = encode_shards(
+        out, header, data, autoencoder, dist.device, batch_size, seed, dist.rank, dist.world_size, dist.is_main
+    )
+    barrier()
+    return (finalize_cache(out, data) if dist.is_main else None), written
+
+
 class LatentCache:
     """A complete cache opened for training: ``batch`` gathers latents from memory-mapped shards."""
 
@@ -201,12 +278,27 @@ class LatentCache:
         if not manifest.get("complete"):
             raise LatentFMError(f"latent cache {self.directory} is incomplete; rerun latentfm encode to finish it")
         self.manifest = manifest
-        self.shards = [np.load(_shard_path(self.directory, s), mmap_mode="r") for s in range(_shard_count(manifest))]
+        self.shards = [self._open_shard(s) for s in range(_shard_count(manifest))]
         labels_file = self.directory / "labels.npy"
         self.labels = torch.from_numpy(np.load(labels_file)) if labels_file.is_file() else None
         self.num_classes, self.class_names = manifest["num_classes"], manifest["class_names"]
         self.image_shape = tuple(manifest["image_shape"])
         self.latent_shape = tuple(manifest["latent_shape"])
+
+    def _open_shard(self, shard: int) -> np.ndarray:
+        """Shard ``shard`` memory-mapped, checked against the manifest's shapes."""
+        path, size, count = _shard_path(self.directory, shard), self.manifest["shard_size"], len(self)
+        views = 2 if self.manifest["hflip"] else 1
+        expected = (min(size, count - shard * size), views, *self.manifest["latent_shape"])
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise LatentFMError(
+                f"cannot read latent cache shard {path} ({error}); delete it and rerun encode"
+            ) from None
+        if array.shape != expected:
+            raise LatentFMError(f"latent cache shard {path} has shape {array.shape}, expected {expected}; encode again")
+        return array
 
     def __len__(self) -> int:
         """Number of encoded images."""
@@ -238,6 +330,7 @@ class EncodedImages:
     """Images encoded on the fly, with the same ``batch`` interface as LatentCache."""
 
     def __init__(self, data: ImageData, autoencoder: Autoencoder):
+        check_image_size(data.images.shape, autoencoder)
         self.data, self.autoencoder = data, autoencoder
         self.num_classes, self.class_names = data.num_classes, data.class_names
         self.image_shape = tuple(data.images.shape[1:])

@@ -13,15 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentfm import __version__
 from latentfm.autoencoders.kl import KLAutoencoder, PatchDiscriminator, kl_divergence
-from latentfm.config import AutoencoderRunConfig, config_to_dict
-from latentfm.data import ImageData, load_dataset
+from latentfm.config import AutoencoderRunConfig
+from latentfm.data import ImageData, load_data_config
 from latentfm.errors import LatentFMError
 from latentfm.image_io import save_grid
 from latentfm.seeding import derive_seed, generator
-from latentfm.training import checkpoint as ckpt
-from latentfm.training.distributed import barrier
 from latentfm.training.ema import EMA
 from latentfm.training.loop import INIT, MODEL, NOISE, TrainingLoop
 
@@ -41,17 +38,12 @@ class _Reconstruct(nn.Module):
         return self.autoencoder.decoder(mean + (0.5 * logvar).exp() * noise), mean, logvar
 
 
-def _adam(params: Any, config: AutoencoderRunConfig, device: torch.device) -> torch.optim.AdamW:
-    o = config.optim
-    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=device.type == "cuda")
-
-
 class AutoencoderTrainer(TrainingLoop):
     """Trains a KLAutoencoder from an AutoencoderRunConfig; ``run()`` resumes from the latest checkpoint."""
 
     def __init__(self, config: AutoencoderRunConfig, data: ImageData | None = None):
         super().__init__(config)
-        self.data = data if data is not None else self._load_data()
+        self.data = data if data is not None else load_data_config(config.data)
         channels, height, width = self.data.images.shape[1:]
         factor = 2 ** (len(config.model.channel_mult) - 1)
         if height % factor or width % factor:
@@ -64,56 +56,38 @@ class AutoencoderTrainer(TrainingLoop):
         torch.manual_seed(derive_seed(config.train.seed, INIT))
         self.model = KLAutoencoder(channels, config.model).to(self.device)
         self.ema = EMA(self.model, config.train.ema_decay, config.train.ema_warmup)
-        self.optimizer = _adam(self.model.parameters(), config, self.device)
+        self.optimizer = self.adamw(self.model.parameters())
         self.disc = None
         if config.loss.gan_weight > 0:
+            if config.loss.disc_channels < 4 or config.loss.disc_channels % 4:
+                raise LatentFMError(f"loss.disc_channels={config.loss.disc_channels} must be a positive multiple of 4")
             self.disc = PatchDiscriminator(channels, config.loss.disc_channels).to(self.device)
-            self.disc_optimizer = _adam(self.disc.parameters(), config, self.device)
+            self.disc_optimizer = self.adamw(self.disc.parameters())
         resumed = self.find_resume_checkpoint()
         if resumed:
-            self._load(resumed)
+            self.load(resumed)
         self.train_model = self.wrap(_Reconstruct(self.model))
         self.train_disc = self.wrap(self.disc) if self.disc is not None else None
         self.latent_shape = (config.model.latent_channels, height // factor, width // factor)
 
-    def _load_data(self) -> ImageData:
-        d = self.config.data
-        return load_dataset(d.dataset, d.path, d.split, d.image_size, d.channels, d.skip_corrupt)
-
     # -- checkpoints ---------------------------------------------------------------------------------
 
-    def _load(self, directory: Path) -> None:
-        self.model.load_state_dict(ckpt.read_tensors(directory, "model"))
-        self.ema.model.load_state_dict(ckpt.read_tensors(directory, "ema"))
-        self.optimizer.load_state_dict(ckpt.read_optimizer(directory, "optimizer"))
-        if self.disc is not None:
-            self.disc.load_state_dict(ckpt.read_tensors(directory, "disc"))
-            self.disc_optimizer.load_state_dict(ckpt.read_optimizer(directory, "disc_optimizer"))
-        self.step = ckpt.read_state(directory)["step"]
-        if self.dist.is_main:
-            print(f"resumed from {directory} at step {self.step}")
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        """The autoencoder, its EMA and, with the GAN term, the discriminator."""
+        modules = {"model": self.model, "ema": self.ema.model}
+        return modules if self.disc is None else {**modules, "disc": self.disc}
 
-    def save(self) -> Path:
-        """Write a checkpoint of the current step (main rank) and prune old ones."""
-        directory = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
-        if self.dist.is_main:
-            weights = {"model": self.model.state_dict(), "ema": self.ema.model.state_dict()}
-            optimizers = {"optimizer": self.optimizer.state_dict()}
-            if self.disc is not None:
-                weights["disc"] = self.disc.state_dict()
-                optimizers["disc_optimizer"] = self.disc_optimizer.state_dict()
-            state = {
-                "kind": CHECKPOINT_KIND,
-                "version": __version__,
-                "step": self.step,
-                "config": config_to_dict(self.config),
-                "data": {"image_shape": list(self.data.images.shape[1:]), "latent_shape": list(self.latent_shape)},
-                "rng": {"scheme": "stateless: step s draws from seed (seed, s)", "seed": self.config.train.seed},
-            }
-            ckpt.save_checkpoint(directory, weights, optimizers, state)
-            ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
-        barrier()
-        return directory
+    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The autoencoder's optimizer and, with the GAN term, the discriminator's."""
+        optimizers = {"optimizer": self.optimizer}
+        return optimizers if self.disc is None else {**optimizers, "disc_optimizer": self.disc_optimizer}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What ``load_kl_autoencoder`` checks: the checkpoint kind and the image and latent shapes."""
+        return {
+            "kind": CHECKPOINT_KIND,
+            "data": {"image_shape": list(self.data.images.shape[1:]), "latent_shape": list(self.latent_shape)},
+        }
 
     # -- one step ------------------------------------------------------------------------------------
 
@@ -127,7 +101,8 @@ class AutoencoderTrainer(TrainingLoop):
         torch.manual_seed(derive_seed(seed, MODEL, self.step, self.dist.rank))
         with self.autocast():
             reconstruction, mean, logvar = self.train_model(x, noise[self.rank_slice()])
-        reconstruction, error = reconstruction.float(), reconstruction.float() - x
+        reconstruction = reconstruction.float()
+        error = reconstruction - x
         losses = {"l1": error.abs().mean(), "kl": kl_divergence(mean.float(), logvar.float())}
         total = loss_cfg.l1_weight * losses["l1"] + loss_cfg.kl_weight * losses["kl"]
         if loss_cfg.l2_weight:
@@ -137,20 +112,12 @@ class AutoencoderTrainer(TrainingLoop):
         if gan_on:
             losses["generator"] = self._generator_loss(reconstruction)
             total = total + loss_cfg.gan_weight * losses["generator"]
-        self._optimise(total, self.model, self.optimizer)
+        self.optimise(total, self.model, self.optimizer)
         if gan_on:
             losses["discriminator"] = self._discriminator_step(x, reconstruction.detach())
         self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": total.detach(), **{name: value.detach() for name, value in losses.items()}}
-
-    def _optimise(self, loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.set_learning_rate(optimizer)
-        loss.backward()
-        if self.config.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     def _generator_loss(self, reconstruction: torch.Tensor) -> torch.Tensor:
         # The unwrapped discriminator with frozen weights: gradients reach the autoencoder only.
@@ -164,7 +131,7 @@ class AutoencoderTrainer(TrainingLoop):
         with self.autocast():
             logits_real, logits_fake = self.train_disc(real).float(), self.train_disc(fake).float()
         loss = torch.relu(1.0 - logits_real).mean() + torch.relu(1.0 + logits_fake).mean()
-        self._optimise(loss, self.disc, self.disc_optimizer)
+        self.optimise(loss, self.disc, self.disc_optimizer)
         return loss.detach()
 
     # -- pictures ------------------------------------------------------------------------------------

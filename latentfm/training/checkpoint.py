@@ -68,7 +68,10 @@ def save_checkpoint(
 
 def read_optimizer(directory: Path, name: str = "optimizer") -> dict[str, Any]:
     """An optimizer state dict saved by ``save_checkpoint`` under ``name``."""
-    groups = read_state(directory)["param_groups"][name]
+    state = read_state(directory)
+    if "param_groups" not in state:  # checkpoints of latentfm before 0.1's latent-space work
+        return optimizer_from_tensors(read_tensors(directory, name), state["optimizer_param_groups"])
+    groups = state["param_groups"][name]
     return optimizer_from_tensors(read_tensors(directory, name), groups)
 
 

@@ -19,14 +19,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from latentfm import __version__
 from latentfm.config import OptimConfig, config_from_dict, config_to_dict
 from latentfm.errors import LatentFMError
 from latentfm.seeding import generator
 from latentfm.training import checkpoint as ckpt
-from latentfm.training.distributed import mean_across_ranks, setup_distributed
+from latentfm.training.distributed import barrier, mean_across_ranks, setup_distributed
 
 # Independent random streams, each seeded from (train.seed, stream, ...).
-ORDER, STEP, NOISE, MODEL, NORM, INIT = range(6)
+ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE = range(7)
 
 # Keys that may change when a run is resumed; any other difference is refused.
 RESUMABLE_KEYS = {
@@ -118,10 +119,21 @@ class TrainingLoop:
             model = DistributedDataParallel(model, device_ids=device_ids)
         return model
 
-    def set_learning_rate(self, optimizer: torch.optim.Optimizer) -> None:
-        """Apply this step's learning rate to ``optimizer``."""
+    def adamw(self, params: Any) -> torch.optim.AdamW:
+        """AdamW over ``params`` with the run's ``optim`` settings (fused on CUDA)."""
+        o = self.config.optim
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
+
+    def optimise(self, loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """One update of ``model``: this step's learning rate, backward, gradient clipping, step."""
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step)
+        loss.backward()
+        if self.config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     # -- stateless batches ---------------------------------------------------------------------------
 
@@ -162,14 +174,55 @@ class TrainingLoop:
             )
         return found[-1]
 
+    # -- checkpoints: subclasses say what they hold --------------------------------------------------
+
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules a checkpoint stores, by file name (e.g. ``model``, ``ema``)."""
+        raise NotImplementedError
+
+    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers a checkpoint stores, by file name."""
+        raise NotImplementedError
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The JSON part of a checkpoint besides ``step`` and ``config``."""
+        raise NotImplementedError
+
+    def load(self, directory: Path) -> None:
+        """Restore every module, optimizer and the step from a checkpoint directory."""
+        for name, module in self.checkpoint_modules().items():
+            module.load_state_dict(ckpt.read_tensors(directory, name))
+        for name, optimizer in self.checkpoint_optimizers().items():
+            optimizer.load_state_dict(ckpt.read_optimizer(directory, name))
+        self.step = ckpt.read_state(directory)["step"]
+        if self.dist.is_main:
+            print(f"resumed from {directory} at step {self.step}")
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (main rank), prune old ones, return its directory."""
+        directory = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
+        if self.dist.is_main:
+            weights = {name: module.state_dict() for name, module in self.checkpoint_modules().items()}
+            optimizers = {name: opt.state_dict() for name, opt in self.checkpoint_optimizers().items()}
+            state = {
+                "version": __version__,
+                "step": self.step,
+                "config": config_to_dict(self.config),
+                **self.checkpoint_state(),
+                "rng": {
+                    "scheme": "stateless: step s draws from (seed, stream, s[, rank])",
+                    "seed": self.config.train.seed,
+                },
+            }
+            ckpt.save_checkpoint(directory, weights, optimizers, state)
+            ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
+        barrier()
+        return directory
+
     # -- the loop ------------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step; returns detached scalar losses by name (``loss`` first)."""
-        raise NotImplementedError
-
-    def save(self) -> Path:
-        """Write a checkpoint of the current step and return its directory."""
         raise NotImplementedError
 
     def save_samples(self) -> Path:

@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 
-from latentfm import __version__
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity, latent_norm_for
-from latentfm.config import Config, config_to_dict
-from latentfm.data import EncodedImages, ImageData, LatentCache, load_dataset
+from latentfm.config import Config
+from latentfm.data import EncodedImages, ImageData, LatentCache, load_data_config
 from latentfm.data.latent_cache import check_cache_autoencoder
 from latentfm.errors import LatentFMError
 from latentfm.flow import build_path, build_time_sampler, flow_matching_loss
@@ -26,9 +25,8 @@ from latentfm.models.conditioning import Condition
 from latentfm.pipeline import FlowPipeline
 from latentfm.seeding import derive_seed, generator
 from latentfm.training import checkpoint as ckpt
-from latentfm.training.distributed import barrier
 from latentfm.training.ema import EMA
-from latentfm.training.loop import INIT, MODEL, NOISE, NORM, TrainingLoop
+from latentfm.training.loop import ENCODE, INIT, MODEL, NOISE, NORM, TrainingLoop
 
 
 class Trainer(TrainingLoop):
@@ -41,6 +39,9 @@ class Trainer(TrainingLoop):
         super().__init__(config)
         train = config.train
         self.autoencoder, self.latents = self._latent_source(data)
+        self.autoencoder_identity = autoencoder_identity(self.autoencoder, config.autoencoder.kind)
+        if isinstance(self.latents, LatentCache):
+            check_cache_autoencoder(self.latents, self.autoencoder_identity)
         if len(self.latents) < train.batch_size:
             raise LatentFMError(f"train.batch_size={train.batch_size} exceeds the {len(self.latents)} training items")
         self.path = build_path(config.flow.path, config.flow.sigma_min)
@@ -55,15 +56,9 @@ class Trainer(TrainingLoop):
         self.model = build_model(config.model, self.latent_shape[0], self.latent_shape[1], self.latents.num_classes)
         self.model.to(self.device)
         self.ema = EMA(self.model, train.ema_decay, train.ema_warmup)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=config.optim.lr,
-            betas=config.optim.betas,
-            weight_decay=config.optim.weight_decay,
-            fused=self.device.type == "cuda",
-        )
+        self.optimizer = self.adamw(self.model.parameters())
         if resumed:
-            self._load(resumed)
+            self.load(resumed)
         self.train_model = self.wrap(self.model)
 
     def _latent_source(self, data: ImageData | None) -> tuple[Autoencoder, LatentCache | EncodedImages]:
@@ -72,12 +67,9 @@ class Trainer(TrainingLoop):
         spec, cache_dir = dataclasses.asdict(self.config.autoencoder), self.config.data.latent_cache
         if cache_dir:
             cache = LatentCache(cache_dir)
-            autoencoder = build_autoencoder(spec, image_channels=cache.image_shape[0]).to(self.device)
-            check_cache_autoencoder(cache, autoencoder_identity(autoencoder, spec["kind"]))
-            return autoencoder, cache
+            return build_autoencoder(spec, image_channels=cache.image_shape[0]).to(self.device), cache
         if data is None:
-            d = self.config.data
-            data = load_dataset(d.dataset, d.path, d.split, d.image_size, d.channels, d.skip_corrupt)
+            data = load_data_config(self.config.data)
         if data.skipped and self.dist.is_main:
             print(f"skipped {data.skipped} unreadable image files")
         autoencoder = build_autoencoder(spec, image_channels=data.images.shape[1]).to(self.device)
@@ -88,25 +80,24 @@ class Trainer(TrainingLoop):
         if isinstance(self.latents, LatentCache):
             return self.latents.moments()
         order = torch.randperm(len(self.latents), generator=generator("cpu", self.config.train.seed, NORM))
+        torch.manual_seed(derive_seed(self.config.train.seed, NORM))  # posterior samples
         size = self.config.train.batch_size  # the same on every rank and for any number of ranks
         batches = order[: self.config.autoencoder.norm_batches * size].split(size)
         return LatentNorm.moments(self.latents.batch(indices, device=self.device)[0] for indices in batches)
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
-    def _load(self, directory: Path) -> None:
-        self.model.load_state_dict(ckpt.read_tensors(directory, "model"))
-        self.ema.model.load_state_dict(ckpt.read_tensors(directory, "ema"))
-        self.optimizer.load_state_dict(ckpt.read_optimizer(directory, "optimizer"))
-        self.step = ckpt.read_state(directory)["step"]
-        if self.dist.is_main:
-            print(f"resumed from {directory} at step {self.step}")
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        """The flow model and its EMA."""
+        return {"model": self.model, "ema": self.ema.model}
 
-    def _state(self) -> dict[str, Any]:
+    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The AdamW optimizer."""
+        return {"optimizer": self.optimizer}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Latent normalisation, data shapes and the autoencoder's identity (to refuse other weights later)."""
         return {
-            "version": __version__,
-            "step": self.step,
-            "config": config_to_dict(self.config),
             "latent_norm": {"shift": self.latent_norm.shift, "scale": self.latent_norm.scale},
             "data": {
                 "num_classes": self.latents.num_classes,
@@ -114,28 +105,15 @@ class Trainer(TrainingLoop):
                 "image_shape": list(self.latents.image_shape),
                 "latent_shape": list(self.latent_shape),
             },
-            "autoencoder": autoencoder_identity(self.autoencoder, self.config.autoencoder.kind),
-            "rng": {
-                "scheme": "stateless: step s draws from seed (seed, s) and (seed, s, rank)",
-                "seed": self.config.train.seed,
-            },
+            "autoencoder": self.autoencoder_identity,
         }
-
-    def save(self) -> Path:
-        """Write a checkpoint of the current step (main rank) and prune old ones."""
-        directory = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
-        if self.dist.is_main:
-            weights = {"model": self.model.state_dict(), "ema": self.ema.model.state_dict()}
-            ckpt.save_checkpoint(directory, weights, {"optimizer": self.optimizer.state_dict()}, self._state())
-            ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
-        barrier()
-        return directory
 
     # -- one step ------------------------------------------------------------------------------------
 
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """This rank's (x0, t, x1, labels) for ``step``, drawn statelessly from the global batch."""
         indices, flips = self.batch_indices(len(self.latents), step)
+        torch.manual_seed(derive_seed(self.config.train.seed, ENCODE, step, self.dist.rank))  # posterior samples
         latents, labels = self.latents.batch(indices, flips, device=self.device)
         x1 = self.latent_norm.normalize(latents)
         size = self.config.train.batch_size
@@ -148,16 +126,11 @@ class Trainer(TrainingLoop):
         """One optimisation step; returns the detached loss."""
         x0, t, x1, labels = self._batch(self.step)
         torch.manual_seed(derive_seed(self.config.train.seed, MODEL, self.step, self.dist.rank))
-        self.set_learning_rate(self.optimizer)
         x_t, target = self.path.sample(x0, x1, t)
         with self.autocast():
             predicted = self.train_model(x_t, t, Condition(labels=labels))
         loss = flow_matching_loss(predicted, target)
-        loss.backward()
-        if self.config.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimise(loss, self.model, self.optimizer)
         self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": loss.detach()}
