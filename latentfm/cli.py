@@ -107,6 +107,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    schedule = _schedule(args.schedule)
     labels = _parse_labels(args.labels, pipe.num_classes)
     label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
     start = time.perf_counter()
@@ -115,11 +116,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
         n=args.n,
         seed=args.seed,
         solver=args.solver,
-        nfe=None if args.steps else args.nfe,
+        nfe=args.nfe if args.steps is None and isinstance(schedule, str) else None,
         steps=args.steps,
         cfg=args.cfg,
         batch_size=args.batch_size,
         progress=True,
+        schedule=schedule,
     )
     seconds = time.perf_counter() - start
     out = Path(args.out)
@@ -128,8 +130,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         "checkpoint": str(args.checkpoint),
         "seed": args.seed,
         "solver": stats.solver,
+        "schedule": args.schedule,
         "steps": stats.steps,
         "nfe": stats.nfe,
+        "times": stats.times,
         "cfg": args.cfg,
         "samples": len(images),
         "seconds": round(seconds, 3),
@@ -149,6 +153,77 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from latentfm.demo import run_demo
 
     run_demo(Path(args.out), steps=args.steps, per_class=args.per_class, seed=args.seed)
+
+
+def _schedule(text: str):
+    """A schedule name, an explicit comma-separated list of times, or a searched schedule's JSON file."""
+    from latentfm.sampling import load_schedule
+
+    if text.endswith(".json"):
+        return load_schedule(text)
+    if "," in text:
+        try:
+            return [float(v) for v in text.split(",")]
+        except ValueError:
+            raise LatentFMError(f"--schedule {text!r}: a list of times looks like 0,0.3,0.7,1") from None
+    return text
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LatentFMError(f"{flag} {text!r}: give integers separated by commas, e.g. 4,8,16") from None
+
+
+def _calibration(pipe, n: int, seed: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Labels cycling through the classes (None when unconditional) and the source noise of ``n`` samples."""
+    labels = torch.arange(n) % pipe.num_classes if pipe.num_classes else None
+    return labels, pipe.source(n, seed)
+
+
+def cmd_search_schedule(args: argparse.Namespace) -> None:
+    """Search the time grid and per-step rules of an NFE budget for a checkpoint; write them as JSON."""
+    from latentfm.pipeline import FlowPipeline
+    from latentfm.sampling import search_schedule
+
+    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    labels, x0 = _calibration(pipe, args.n, args.seed)
+    start = time.perf_counter()
+    schedule = search_schedule(
+        pipe.velocity(labels, args.cfg), x0, nfe=args.nfe, iterations=args.iterations, progress=True
+    )
+    schedule.info.update(checkpoint=str(args.checkpoint), cfg=args.cfg, seed=args.seed)
+    schedule.info["search_seconds"] = round(time.perf_counter() - start, 1)
+    schedule.save(args.out)
+    info = schedule.info
+    print(
+        f"{info['program']} at {args.nfe} NFE: calibration RMSE {info['calibration_rmse']:.4g} "
+        f"(from {info['start_rmse']:.4g} with {info['start_schedule']}); wrote {args.out}"
+    )
+
+
+def cmd_bench_solvers(args: argparse.Namespace) -> None:
+    """Endpoint RMSE and wall time against NFE for every solver and schedule: on an analytic Gaussian
+    mixture, and on a checkpoint when one is given. Writes OUT/solvers.json and OUT/solvers.md."""
+    from latentfm.atomic import write_bytes_atomic
+    from latentfm.sampling.benchmark import checkpoint_bench, markdown_table, mixture_bench
+
+    nfes, search_nfes = _int_list(args.nfe, "--nfe"), _int_list(args.search_nfe, "--search-nfe")
+    report = {"mixture": mixture_bench(nfes, search_nfes, args.seed, args.iterations)}
+    if args.checkpoint:
+        device = _device(args.device)
+        report["checkpoint"] = checkpoint_bench(
+            args.checkpoint, device, nfes, search_nfes, args.n, args.cfg, args.seed, args.iterations
+        )
+    out = Path(args.out)
+    write_bytes_atomic(out / "solvers.json", json.dumps(report, indent=1).encode())
+    sections = []
+    for name, part in report.items():
+        sections.append(f"## {name}: {part['description']}\n\nendpoint RMSE\n\n{markdown_table(part['rows'])}")
+        sections.append(f"seconds per batch of {part['samples']}\n\n{markdown_table(part['rows'], 'seconds', 3)}")
+    write_bytes_atomic(out / "solvers.md", ("\n\n".join(sections) + "\n").encode())
+    print("\n\n".join(sections))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
     sample.add_argument("--labels", default=None, help="'all' (default), '0,3,7' or '2-5'; one grid row per label")
     sample.add_argument("--n", type=int, default=8, help="samples per label (total when unconditional)")
-    sample.add_argument("--solver", default="heun", help="ODE solver: euler or heun (default heun)")
+    sample.add_argument(
+        "--solver", default="heun", help="euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 (default heun)"
+    )
+    sample.add_argument(
+        "--schedule",
+        default="uniform",
+        type=_schedule,
+        help="uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file",
+    )
     sample.add_argument("--nfe", type=int, default=8, help="velocity evaluations per sample (default 8)")
     sample.add_argument("--steps", type=int, default=None, help="solver steps (instead of --nfe)")
     sample.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
@@ -200,6 +283,37 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sample.add_argument("--out", required=True, help="output directory")
     sample.set_defaults(run=cmd_sample)
+
+    search = commands.add_parser(
+        "search-schedule",
+        help="tune a sampler's times and rules to a checkpoint",
+        description=cmd_search_schedule.__doc__,
+    )
+    search.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    search.add_argument("--nfe", type=int, default=8, help="the NFE budget to spend exactly (default 8)")
+    search.add_argument("--out", required=True, help="JSON file to write, e.g. runs/x/schedule_nfe8.json")
+    search.add_argument("--n", type=int, default=256, help="calibration samples (default 256)")
+    search.add_argument("--cfg", type=float, default=1.0, help="guidance weight the schedule is tuned for")
+    search.add_argument("--seed", type=int, default=1000, help="seed of the calibration noise (default 1000)")
+    search.add_argument("--iterations", type=int, default=100, help="L-BFGS iterations per program (default 100)")
+    search.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    search.set_defaults(run=cmd_search_schedule)
+
+    bench = commands.add_parser("bench", help="benchmarks (bench solvers)", description="latentfm benchmarks")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    solvers = benches.add_parser(
+        "solvers", help="solver error and time against NFE", description=cmd_bench_solvers.__doc__
+    )
+    solvers.add_argument("--checkpoint", default=None, help="also benchmark this checkpoint (reference: dopri5 1e-6)")
+    solvers.add_argument("--nfe", default="4,6,8,10,16,32", help="NFE budgets (default 4,6,8,10,16,32)")
+    solvers.add_argument("--n", type=int, default=256, help="evaluation samples (default 256)")
+    solvers.add_argument("--cfg", type=float, default=1.0, help="guidance weight for the checkpoint")
+    solvers.add_argument("--search-nfe", default="8", help="NFE budgets to search a schedule for ('' for none)")
+    solvers.add_argument("--iterations", type=int, default=100, help="search L-BFGS iterations per program")
+    solvers.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise (calibration uses +1)")
+    solvers.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    solvers.add_argument("--out", default="out/bench_solvers", help="output directory")
+    solvers.set_defaults(run=cmd_bench_solvers)
 
     demo = commands.add_parser(
         "demo", help="train on built-in digits and sample (CPU, minutes)", description=cmd_demo.__doc__

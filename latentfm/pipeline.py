@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +17,8 @@ from latentfm.config import config_from_dict
 from latentfm.errors import LatentFMError
 from latentfm.models.build import build_model
 from latentfm.models.conditioning import Condition
-from latentfm.sampling import GuidedVelocity, SampleStats, sample
+from latentfm.sampling import GuidedVelocity, SampleStats, SearchedSchedule, sample
+from latentfm.sampling.schedules import Schedule
 from latentfm.seeding import source_noise
 from latentfm.training.checkpoint import read_state, read_tensors, resolve_checkpoint
 
@@ -86,8 +88,19 @@ class FlowPipeline:
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise LatentFMError(f"labels must lie in 0..{self.num_classes - 1}, got {labels.tolist()[:10]}")
 
+    def velocity(
+        self, labels: torch.Tensor | None = None, cfg: float = 1.0, interval: tuple[float, float] | None = None
+    ) -> GuidedVelocity:
+        """The guided ``velocity(x, t)`` of the model for a batch with ``labels`` (see ``GuidedVelocity``)."""
+        labels = None if labels is None else labels.to(self.device)
+        return GuidedVelocity(self.model_velocity, Condition(labels=labels), cfg, self.num_classes, interval)
+
+    def source(self, n: int, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        """The source noise of samples ``first_index .. first_index + n - 1``, each seeded by ``(seed, index)``."""
+        return source_noise(seed, range(first_index, first_index + n), self.latent_shape).to(self.device)
+
     @torch.no_grad()
-    def generate(
+    def latents(
         self,
         labels: torch.Tensor | None = None,
         n: int | None = None,
@@ -99,25 +112,38 @@ class FlowPipeline:
         batch_size: int = 256,
         first_index: int = 0,
         progress: bool = False,
+        schedule: Schedule | SearchedSchedule = "uniform",
+        **options: Any,
     ) -> tuple[torch.Tensor, SampleStats]:
-        """Images in [-1, 1] (NCHW, CPU) for ``labels`` (or ``n`` unconditional samples).
+        """Normalised latents for ``labels`` (or ``n`` unconditional samples), before decoding.
 
         Sample ``i`` starts from noise seeded by ``(seed, first_index + i)``, so results do not depend
-        on the batch size. Returns the images and the stats of the last batch (NFE is the same for all).
+        on the batch size. ``schedule`` and ``options`` go to ``latentfm.sampling.sample``. Returns the
+        latents and the stats of the last batch (NFE is the same for all).
         """
         self._check_labels(labels)
         total = len(labels) if labels is not None else n
         if not total:
             raise LatentFMError("nothing to generate: give labels or n > 0")
-        images, stats = [], None
+        parts, stats = [], None
         for start in tqdm(range(0, total, batch_size), desc="generating", disable=not progress):
             stop = min(start + batch_size, total)
-            batch_labels = None if labels is None else labels[start:stop].to(self.device)
-            x0 = source_noise(seed, range(first_index + start, first_index + stop), self.latent_shape)
-            velocity = GuidedVelocity(self.model_velocity, Condition(labels=batch_labels), cfg, self.num_classes)
-            z, stats = sample(velocity, x0.to(self.device), solver=solver, steps=steps, nfe=nfe)
-            images.append(self.autoencoder.decode(self.latent_norm.denormalize(z.float())).cpu())
-        return torch.cat(images), stats
+            velocity = self.velocity(None if labels is None else labels[start:stop], cfg)
+            x0 = self.source(stop - start, seed, first_index + start)
+            z, stats = sample(velocity, x0, solver, steps, nfe, schedule, **options)
+            parts.append(z.float())
+        return torch.cat(parts), stats
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Images in [-1, 1] (NCHW, CPU) of normalised latents."""
+        chunks = latents.split(batch_size)
+        return torch.cat([self.autoencoder.decode(self.latent_norm.denormalize(z)).float().cpu() for z in chunks])
+
+    def generate(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, SampleStats]:
+        """Images in [-1, 1] (NCHW, CPU): ``latents(...)`` (same arguments) decoded."""
+        latents, stats = self.latents(*args, **kwargs)
+        return self.decode(latents, kwargs.get("batch_size", 256)), stats
 
     def model_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The model's velocity in float32, under bf16 autocast when ``autocast_dtype`` is set."""

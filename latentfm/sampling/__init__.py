@@ -1,8 +1,22 @@
-"""Sampling: ODE solvers on time grids, classifier-free guidance, one entry point ``sample``."""
+"""Sampling: ODE solvers on time grids, schedules and their search, classifier-free guidance, one entry
+point ``sample``."""
 
 from latentfm.sampling.guidance import GuidedVelocity
-from latentfm.sampling.sample import SampleStats, sample
+from latentfm.sampling.sample import ADAPTIVE_SOLVERS, SampleStats, sample
 from latentfm.sampling.schedules import time_grid
-from latentfm.sampling.solvers import SOLVERS, euler_step, heun_step
+from latentfm.sampling.search import SearchedSchedule, load_schedule, search_schedule
+from latentfm.sampling.solvers import FIXED_SOLVERS, integrate, rules_nfe
 
-__all__ = ["SOLVERS", "GuidedVelocity", "SampleStats", "euler_step", "heun_step", "sample", "time_grid"]
+__all__ = [
+    "ADAPTIVE_SOLVERS",
+    "FIXED_SOLVERS",
+    "GuidedVelocity",
+    "SampleStats",
+    "SearchedSchedule",
+    "integrate",
+    "load_schedule",
+    "rules_nfe",
+    "sample",
+    "search_schedule",
+    "time_grid",
+]

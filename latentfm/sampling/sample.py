@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from latentfm.errors import LatentFMError
 from latentfm.sampling.schedules import Schedule, explicit_steps, time_grid
-from latentfm.sampling.solvers import SOLVERS, Velocity
+from latentfm.sampling.search import SearchedSchedule
+from latentfm.sampling.solvers import FIXED_SOLVERS, Velocity, integrate, rules_nfe, solver_rules
+
+ADAPTIVE_SOLVERS = ("dopri5",)
 
 
 @dataclass
@@ -32,25 +35,52 @@ class _CountingVelocity:
         return self.velocity(x, t)
 
 
-def _resolve_steps(solver: str, steps: int | None, nfe: int | None, schedule: Schedule) -> tuple[int, str]:
+def _steps_for_budget(solver: str, nfe: int, skip_last: bool) -> tuple[int, str]:
+    """The largest step count whose exact NFE fits ``nfe``, and a note when it spends less."""
+    steps = 0
+    while rules_nfe(solver_rules(solver, steps + 1, skip_last)) <= nfe:
+        steps += 1
+    if steps == 0:
+        least = rules_nfe(solver_rules(solver, 1, skip_last))
+        raise LatentFMError(f"solver {solver!r} needs at least {least} NFE; nfe={nfe} is too small")
+    spent = rules_nfe(solver_rules(solver, steps, skip_last))
+    return steps, "" if spent == nfe else f"nfe budget {nfe}: {steps} {solver} steps use {spent}"
+
+
+def _resolve_steps(solver: str, steps: int | None, nfe: int | None, schedule: Schedule, skip_last: bool):
     """The step count from exactly one of ``steps``, an ``nfe`` budget or an explicit schedule."""
-    calls = SOLVERS[solver].calls_per_step
     fixed = explicit_steps(schedule)
+    if steps is not None and nfe is not None:
+        raise LatentFMError("give either steps or an nfe budget, not both")
     if steps is None and nfe is None:
         if fixed is None:
             raise LatentFMError("give either steps or an nfe budget (or an explicit schedule)")
         return fixed, ""
-    if steps is not None and nfe is not None:
-        raise LatentFMError("give either steps or an nfe budget, not both")
     if steps is not None:
         if steps < 1:
             raise LatentFMError(f"steps={steps} must be at least 1")
         return steps, ""
-    if nfe < calls:
-        raise LatentFMError(f"solver {solver!r} needs at least {calls} NFE per step; nfe={nfe} is too small")
-    chosen = nfe // calls
-    note = "" if chosen * calls == nfe else f"nfe budget {nfe}: {chosen} {solver} steps use {chosen * calls}"
-    return chosen, note
+    return _steps_for_budget(solver, nfe, skip_last)
+
+
+def _searched(schedule: SearchedSchedule, counted: _CountingVelocity, x0: torch.Tensor, steps, nfe):
+    if steps is not None and steps != len(schedule.rules):
+        raise LatentFMError(f"the searched schedule has {len(schedule.rules)} steps, not steps={steps}")
+    if nfe is not None and nfe != schedule.nfe:
+        raise LatentFMError(f"the searched schedule spends {schedule.nfe} NFE, not nfe={nfe}; search one for {nfe}")
+    x = schedule.run(counted, x0)
+    return x, SampleStats("searched", len(schedule.rules), counted.calls, list(schedule.times))
+
+
+def _adaptive(counted: _CountingVelocity, x0: torch.Tensor, rtol: float, atol: float) -> tuple[torch.Tensor, str]:
+    """dopri5 from torchdiffeq over [0, 1] with the given tolerances."""
+    from torchdiffeq import odeint
+
+    def field(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return counted(x, t.to(torch.float32).expand(x.shape[0])).to(x.dtype)
+
+    span = torch.tensor([0.0, 1.0], dtype=torch.float64, device=x0.device)
+    return odeint(field, x0, span, rtol=rtol, atol=atol, method="dopri5")[-1], f"dopri5 rtol={rtol} atol={atol}"
 
 
 @torch.no_grad()
@@ -60,19 +90,24 @@ def sample(
     solver: str = "heun",
     steps: int | None = None,
     nfe: int | None = None,
-    schedule: Schedule = "uniform",
-    progress: bool = False,
+    schedule: Schedule | SearchedSchedule = "uniform",
+    **options: Any,
 ) -> tuple[torch.Tensor, SampleStats]:
     """Solve ``dx/dt = velocity(x, t)`` from ``x0`` at t=0 to t=1.
 
     Args:
         velocity: ``velocity(x, t) -> v`` with ``t`` a float tensor of shape ``[B]``.
         x0: the source sample (batch first); the state keeps its dtype.
-        solver: one of ``SOLVERS`` (``"euler"``, ``"heun"``).
+        solver: a fixed-step solver (``euler``, ``heun``, ``midpoint``, ``rk4``, ``ab2``, ``ab3``, ``pc``; see
+            ``latentfm.sampling.solvers``) or the adaptive ``dopri5``.
         steps: number of solver steps, or
-        nfe: a budget of velocity calls per sample; the largest step count that fits is used.
-        schedule: ``"uniform"`` or an explicit increasing list of times from 0 to 1.
-        progress: show a progress bar over steps.
+        nfe: a budget of velocity calls per sample; the largest step count that fits is used and ``stats.note``
+            says so when it spends less.
+        schedule: a named schedule (``uniform``, ``shift:S``, ``edm:RHO``, ``cosine``), an explicit increasing
+            list of times from 0 to 1, or a ``SearchedSchedule`` (then it is the whole recipe: times and
+            per-step rules, and ``solver`` is ignored).
+        options: ``skip_last=True`` ends Heun with an Euler step (EDM); ``rtol``/``atol`` for dopri5
+            (default 1e-5 each).
 
     Returns:
         ``(x1, stats)`` with ``stats.nfe`` the exact number of velocity calls per sample.
@@ -82,12 +117,19 @@ def sample(
         >>> x1[0].tolist(), stats.nfe
         ([1.0, 1.0, 1.0], 4)
     """
-    if solver not in SOLVERS:
-        raise LatentFMError(f"solver={solver!r} is unknown; use one of {sorted(SOLVERS)}")
-    n_steps, note = _resolve_steps(solver, steps, nfe, schedule)
-    times = time_grid(schedule, n_steps).tolist()
     counted = _CountingVelocity(velocity)
-    x = x0
-    for t, t_next in tqdm(list(zip(times[:-1], times[1:])), desc=f"sampling ({solver})", disable=not progress):
-        x = SOLVERS[solver].step(counted, x, t, t_next)
+    if isinstance(schedule, SearchedSchedule):
+        return _searched(schedule, counted, x0, steps, nfe)
+    unknown = set(options) - {"skip_last", "rtol", "atol"}
+    if unknown:
+        raise LatentFMError(f"unknown sampling option {sorted(unknown)[0]!r}; use skip_last, rtol or atol")
+    if solver in ADAPTIVE_SOLVERS:
+        x, note = _adaptive(counted, x0, options.get("rtol", 1e-5), options.get("atol", 1e-5))
+        return x, SampleStats(solver, 0, counted.calls, [0.0, 1.0], note)
+    if solver not in FIXED_SOLVERS:
+        raise LatentFMError(f"solver={solver!r} is unknown; use one of {', '.join(FIXED_SOLVERS + ADAPTIVE_SOLVERS)}")
+    skip_last = bool(options.get("skip_last", False))
+    n_steps, note = _resolve_steps(solver, steps, nfe, schedule, skip_last)
+    times = time_grid(schedule, n_steps).tolist()
+    x = integrate(counted, x0, times, solver_rules(solver, n_steps, skip_last))
     return x, SampleStats(solver=solver, steps=n_steps, nfe=counted.calls, times=times, note=note)
