@@ -210,9 +210,9 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
     from latentfm.sampling.benchmark import checkpoint_bench, markdown_table, mixture_bench
 
     nfes, search_nfes = _int_list(args.nfe, "--nfe"), _int_list(args.search_nfe, "--search-nfe")
-    report = {"mixture": mixture_bench(nfes, search_nfes, args.seed, args.iterations)}
+    device = _device(args.device)
+    report = {"mixture": mixture_bench(nfes, search_nfes, args.seed, args.iterations, device=device)}
     if args.checkpoint:
-        device = _device(args.device)
         report["checkpoint"] = checkpoint_bench(
             args.checkpoint, device, nfes, search_nfes, args.n, args.cfg, args.seed, args.iterations
         )
@@ -272,7 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--schedule",
         default="uniform",
-        type=_schedule,
         help="uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file",
     )
     sample.add_argument("--nfe", type=int, default=8, help="velocity evaluations per sample (default 8)")

@@ -95,7 +95,7 @@ def test_gaussian_mixture_flow_transports_noise_to_the_mixture():
 def test_search_beats_uniform_grids_on_fresh_sources(tmp_path):
     flow = GaussianMixtureFlow.random(dim=16, components=4, scale_range=(0.15, 0.5), seed=5)
     calibration = torch.randn(256, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    schedule = search_schedule(flow, calibration, nfe=6, iterations=60)
+    schedule = search_schedule(flow, calibration, nfe=6, iterations=30)
     assert schedule.nfe == 6 and rules_nfe(schedule.rules) == 6
     fresh = torch.randn(512, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     reference, _ = sample(flow, fresh, solver="dopri5", rtol=1e-8, atol=1e-8)
@@ -123,7 +123,9 @@ def test_schedule_files_are_checked(tmp_path):
     (tmp_path / "bad.json").write_text('{"times": [0, 1]}')
     with pytest.raises(LatentFMError, match="not a latentfm schedule"):
         load_schedule(tmp_path / "bad.json")
-    assert set(candidate_programs(8)) == {"euler", "heun", "midpoint", "rk4", "pc", "ab2", "ab3"}
+    assert set(candidate_programs(8)) == {"euler", "heun", "midpoint", "rk4", "pc", "ab2", "ab3", "lms"}
+    with pytest.raises(LatentFMError, match="lms steps needs one list of coefficients"):
+        SearchedSchedule([0.0, 0.5, 1.0], ["lms", "lms"], 2)
     assert "heun+euler_last" in candidate_programs(7) and "rk4" not in candidate_programs(7)
 
 
@@ -147,3 +149,16 @@ def test_cli_search_then_sample_and_bench(tmp_path, tiny_overrides, capsys):
     assert "| searched |" in table and "| ab3 | cosine |" in table
     assert main(["sample", "--checkpoint", str(run), "--schedule", "0,0.5,x", "--out", str(out)]) == 2
     assert "a list of times" in capsys.readouterr().err
+
+
+def test_learned_multistep_with_adams_bashforth_weights_is_adams_bashforth():
+    """An lms schedule whose coefficients are scale 1 and AB weights reproduces the ab2 solver."""
+    times = [0.0, 0.2, 0.45, 0.7, 1.0]
+    coefficients = [[1.0, 1.0]]
+    for i in range(1, 4):
+        nodes = [times[i], times[i - 1]]
+        coefficients.append([1.0, *adams_bashforth_weights(nodes, times[i + 1])])
+    schedule = SearchedSchedule(times, ["lms"] * 4, 4, coefficients)
+    x0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    expected, _ = sample(rotation, x0, solver="ab2", schedule=times)
+    torch.testing.assert_close(sample(rotation, x0, schedule=schedule)[0], expected)

@@ -31,6 +31,13 @@ class GaussianMixtureFlow:
         means = torch.randn(components, dim, generator=generator, dtype=torch.float64)
         return cls(means, torch.linspace(*scale_range, components, dtype=torch.float64))
 
+    def to(self, device: torch.device | str) -> GaussianMixtureFlow:
+        """The same mixture with its parameters on ``device``."""
+        moved = GaussianMixtureFlow.__new__(GaussianMixtureFlow)
+        moved.means, moved.scales = self.means.to(device), self.scales.to(device)
+        moved.log_weights = self.log_weights.to(device)
+        return moved
+
     def _log_joint(self, x: torch.Tensor, t: torch.Tensor):
         """Per component: ``t`` [B, 1], variance ``v`` [B, K], offsets ``x - t mu`` [B, K, D] and the log of
         ``pi_k N(x; t mu_k, v_k I)`` [B, K], all in float64."""
@@ -58,6 +65,6 @@ class GaussianMixtureFlow:
     def sample_data(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` samples of the mixture (the distribution at t=1)."""
         generator = torch.Generator().manual_seed(seed)
-        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        k = torch.multinomial(self.log_weights.exp().cpu(), n, replacement=True, generator=generator)
         noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
-        return self.means[k] + self.scales[k, None] * noise
+        return self.means.cpu()[k] + self.scales.cpu()[k, None] * noise

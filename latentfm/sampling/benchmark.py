@@ -101,16 +101,17 @@ def mixture_bench(
     iterations: int = 100,
     samples: int = 2048,
     calibration_samples: int = 4096,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """The solver table on the analytic 64-dimensional mixture of 8 Gaussians with scales 0.15 to 0.5;
     the reference is dopri5 at rtol=atol=1e-9 on the closed-form velocity, searched schedules are
     calibrated on other sources than they are judged on."""
     from latentfm.flow.gaussian_mixture import GaussianMixtureFlow
 
-    flow = GaussianMixtureFlow.random(dim=64, components=8, scale_range=(0.15, 0.5), seed=seed)
-    x0 = torch.randn(samples, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    flow = GaussianMixtureFlow.random(dim=64, components=8, scale_range=(0.15, 0.5), seed=seed).to(device)
+    x0 = torch.randn(samples, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).to(device)
     generator = torch.Generator().manual_seed(seed + 1)
-    calibration = torch.randn(calibration_samples, 64, dtype=torch.float64, generator=generator)
+    calibration = torch.randn(calibration_samples, 64, dtype=torch.float64, generator=generator).to(device)
     reference, stats = sample(flow, x0, solver="dopri5", rtol=1e-9, atol=1e-9)
     searched = _searched(flow, calibration, search_nfes, iterations, progress=True)
     return {
