@@ -210,8 +210,12 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
     from latentfm.sampling.benchmark import checkpoint_bench, markdown_table, mixture_bench
 
     nfes, search_nfes = _int_list(args.nfe, "--nfe"), _int_list(args.search_nfe, "--search-nfe")
+    if not args.mixture and not args.checkpoint:
+        raise LatentFMError("nothing to benchmark: give --checkpoint or leave out --no-mixture")
     device = _device(args.device)
-    report = {"mixture": mixture_bench(nfes, search_nfes, args.seed, args.iterations, device=device)}
+    report = {}
+    if args.mixture:
+        report["mixture"] = mixture_bench(nfes, search_nfes, args.seed, args.iterations, device=device)
     if args.checkpoint:
         report["checkpoint"] = checkpoint_bench(
             args.checkpoint, device, nfes, search_nfes, args.n, args.cfg, args.seed, args.iterations
@@ -304,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         "solvers", help="solver error and time against NFE", description=cmd_bench_solvers.__doc__
     )
     solvers.add_argument("--checkpoint", default=None, help="also benchmark this checkpoint (reference: dopri5 1e-6)")
+    solvers.add_argument(
+        "--mixture", action=argparse.BooleanOptionalAction, default=True, help="the analytic mixture (default on)"
+    )
     solvers.add_argument("--nfe", default="4,6,8,10,16,32", help="NFE budgets (default 4,6,8,10,16,32)")
     solvers.add_argument("--n", type=int, default=256, help="evaluation samples (default 256)")
     solvers.add_argument("--cfg", type=float, default=1.0, help="guidance weight for the checkpoint")

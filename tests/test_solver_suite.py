@@ -152,12 +152,12 @@ def test_cli_search_then_sample_and_bench(tmp_path, tiny_overrides, capsys):
 
 
 def test_learned_multistep_with_adams_bashforth_weights_is_adams_bashforth():
-    """An lms schedule whose coefficients are scale 1 and AB weights reproduces the ab2 solver."""
+    """An lms schedule with state weights (1, 0) and AB velocity weights reproduces the ab2 solver."""
     times = [0.0, 0.2, 0.45, 0.7, 1.0]
-    coefficients = [[1.0, 1.0]]
+    coefficients = [[1.0, 0.0, 1.0, 0.0]]
     for i in range(1, 4):
         nodes = [times[i], times[i - 1]]
-        coefficients.append([1.0, *adams_bashforth_weights(nodes, times[i + 1])])
+        coefficients.append([1.0, 0.0, *adams_bashforth_weights(nodes, times[i + 1])])
     schedule = SearchedSchedule(times, ["lms"] * 4, 4, coefficients)
     x0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
     expected, _ = sample(rotation, x0, solver="ab2", schedule=times)

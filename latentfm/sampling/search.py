@@ -34,7 +34,7 @@ from latentfm.sampling.solvers import (
 
 FORMAT = "latentfm-schedule/1"
 START_SCHEDULES = ("uniform", "shift:2", "shift:3", "shift:0.5", "edm:7", "cosine")
-LMS_HISTORY = 3  # velocities an lms step combines
+LMS_HISTORY = 3  # states and velocities an lms step combines
 
 
 @dataclass
@@ -101,15 +101,16 @@ def _times_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _start_coefficients(rules: list[str], times: torch.Tensor) -> torch.Tensor | None:
-    """Where ``lms`` coefficients start: state scale 1 and Adams-Bashforth weights (order rising to
-    LMS_HISTORY) on ``times``."""
+    """Where ``lms`` coefficients start: Adams-Bashforth (state weights 1, 0, 0 and velocity weights of order
+    rising to LMS_HISTORY on ``times``)."""
     if "lms" not in rules:
         return None
-    rows = torch.zeros(len(rules), 1 + LMS_HISTORY, dtype=torch.float64)
+    rows = torch.zeros(len(rules), 2 * LMS_HISTORY, dtype=torch.float64)
     rows[:, 0] = 1.0
     for i in range(len(rules)):
         nodes = times[: i + 1].flip(0)[:LMS_HISTORY].tolist()
-        rows[i, 1 : 1 + len(nodes)] = torch.tensor(adams_bashforth_weights(nodes, float(times[i + 1])))
+        weights = adams_bashforth_weights(nodes, float(times[i + 1]))
+        rows[i, LMS_HISTORY : LMS_HISTORY + len(nodes)] = torch.tensor(weights)
     return rows
 
 
@@ -120,7 +121,12 @@ def _tune(velocity, x0, target, rules, times: torch.Tensor, iterations: int):
     coefficients = _start_coefficients(rules, times)
     params = [logits] if coefficients is None else [logits, coefficients.requires_grad_(True)]
     optimizer = torch.optim.LBFGS(
-        params, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe", tolerance_change=1e-14
+        params,
+        max_iter=iterations,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,  # the errors are small, so are their gradients: stop on the iteration budget
+        tolerance_change=1e-14,
     )
     best: list = [float("inf"), times, coefficients]
 

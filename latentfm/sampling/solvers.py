@@ -8,9 +8,10 @@ A solver is a list of rules, one per step of a time grid; ``integrate`` runs any
 - ``pc``: FlowTurbo's pseudo-corrector, Heun whose first call is replaced by the velocity kept from the
   previous Heun/pc step: one call when such a velocity exists, else it is a plain Heun step.
 - ``midpoint``: two calls; ``rk4``: classic Runge-Kutta, four calls.
-- ``lms``: a learned multistep step, one call: ``a * x + h * sum_j c_j v_j`` over the velocities at this and
-  the previous step starts, with per-step coefficients ``[a, c_0, c_1, ...]`` found by the schedule search
-  (bespoke-solver style; ``a = 1`` and Adams-Bashforth's ``c`` make it a multistep method).
+- ``lms``: a learned linear multistep step, one call: ``sum_j a_j x_j + h * sum_j c_j v_j`` over the states and
+  velocities at this and the previous step starts (newest first), with per-step coefficients
+  ``[a_0, .., a_{K-1}, c_0, .., c_{K-1}]`` found by the schedule search (bespoke-solver style). ``a = (1, 0, ..)``
+  with Adams-Bashforth's ``c`` is Adams-Bashforth; other ``a`` reach exponential-integrator (DPM-Solver++) forms.
 - ``ab2``, ``ab3``: Adams-Bashforth multistep of order 2 and 3 on variable steps, one call; they reuse the
   velocities at earlier step starts and fall back to lower order while fewer exist. The named solver ``ab3``
   starts with one Heun step so that its warm-up keeps third order (an Euler start would cost an order).
@@ -45,6 +46,7 @@ class _History:
     """Velocities at earlier step starts (for multistep rules) and the kept end velocity (for ``pc``)."""
 
     starts: list[tuple[Time, torch.Tensor]] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)
     kept: torch.Tensor | None = None
 
 
@@ -74,6 +76,7 @@ def _step(
     reuse = rule == "pc" and memory.kept is not None
     v0 = memory.kept if reuse else _call(f, x, t)
     memory.starts.append((t, v0))
+    memory.states.append(x)
     memory.kept = None
     if rule == "euler":
         return x + h * v0
@@ -89,8 +92,10 @@ def _step(
         k4 = _call(f, x + h * k3, t_next)
         return x + h / 6.0 * (v0 + 2 * k2 + 2 * k3 + k4)
     if rule == "lms":
-        scale, weights = coefficients[0], coefficients[1:]
-        return scale * x + h * sum(c * v for c, (_, v) in zip(weights, memory.starts[::-1]))
+        history = len(coefficients) // 2
+        a, c = coefficients[:history], coefficients[history:]
+        states = sum(a_j * x_j for a_j, x_j in zip(a, memory.states[::-1]))
+        return states + h * sum(c_j * v_j for c_j, (_, v_j) in zip(c, memory.starts[::-1]))
     order = min(int(rule[2]), len(memory.starts))
     nodes = memory.starts[::-1][:order]
     weights = adams_bashforth_weights([time for time, _ in nodes], t_next)
@@ -106,7 +111,7 @@ def integrate(
 ) -> torch.Tensor:
     """Apply ``rules[i]`` from ``times[i]`` to ``times[i + 1]`` for every step; returns the end state.
 
-    ``coefficients[i]`` are the state scale and velocity weights of an ``lms`` step (newest velocity first).
+    ``coefficients[i]`` are the state and velocity weights of an ``lms`` step (newest first).
     ``times`` and ``coefficients`` may be tensors that require grad (the search differentiates through them).
     """
     memory = _History()
