@@ -205,9 +205,9 @@ def cmd_search_schedule(args: argparse.Namespace) -> None:
 
 def cmd_bench_solvers(args: argparse.Namespace) -> None:
     """Endpoint RMSE and wall time against NFE for every solver and schedule: on an analytic Gaussian
-    mixture, and on a checkpoint when one is given. Writes OUT/solvers.json and OUT/solvers.md."""
+    mixture, and on a checkpoint when one is given. Writes OUT/solvers.json, OUT/solvers.md and a plot per part."""
     from latentfm.atomic import write_bytes_atomic
-    from latentfm.sampling.benchmark import checkpoint_bench, markdown_table, mixture_bench
+    from latentfm.sampling.benchmark import checkpoint_bench, markdown_table, mixture_bench, plot_rows
 
     nfes, search_nfes = _int_list(args.nfe, "--nfe"), _int_list(args.search_nfe, "--search-nfe")
     if not args.mixture and not args.checkpoint:
@@ -224,6 +224,7 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
     write_bytes_atomic(out / "solvers.json", json.dumps(report, indent=1).encode())
     sections = []
     for name, part in report.items():
+        plot_rows(part["rows"], str(out / f"{name}_rmse.png"), f"{name}: endpoint RMSE (uniform grids; searched)")
         sections.append(f"## {name}: {part['description']}\n\nendpoint RMSE\n\n{markdown_table(part['rows'])}")
         sections.append(f"seconds per batch of {part['samples']}\n\n{markdown_table(part['rows'], 'seconds', 3)}")
     write_bytes_atomic(out / "solvers.md", ("\n\n".join(sections) + "\n").encode())

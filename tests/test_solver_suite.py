@@ -145,6 +145,9 @@ def test_cli_search_then_sample_and_bench(tmp_path, tiny_overrides, capsys):
     bench = ["bench", "solvers", "--checkpoint", str(run), "--nfe", "2,4", "--search-nfe", "4", *common]
     assert main([*bench, "--out", str(tmp_path / "bench")]) == 0
     table = (tmp_path / "bench" / "solvers.md").read_text()
+    from PIL import Image
+
+    assert Image.open(tmp_path / "bench" / "checkpoint_rmse.png").size == (760, 460)
     assert "| rk4 | uniform |  | " in table  # rk4 cannot meet 2 NFE: an empty cell
     assert "| searched |" in table and "| ab3 | cosine |" in table
     assert main(["sample", "--checkpoint", str(run), "--schedule", "0,0.5,x", "--out", str(out)]) == 2

@@ -150,3 +150,14 @@ def checkpoint_bench(
         "searched": {nfe: s.info for nfe, s in searched.items()},
         "rows": solver_table(velocity, x0, reference, nfes, searched=searched, progress=True),
     }
+
+
+def plot_rows(rows: list[dict[str, Any]], path: str, title: str, schedule: str = "uniform") -> None:
+    """RMSE against the NFE spent, one line per solver on ``schedule``, plus the searched schedules."""
+    from latentfm.plot import save_line_chart
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row["schedule"] == schedule or row["solver"] == "searched":
+            series.setdefault(row["solver"], []).append((row["nfe"], row["rmse"]))
+    save_line_chart(series, path, title, "NFE", "endpoint RMSE")
