@@ -106,8 +106,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if args.n < 1:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
-    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
     schedule = _schedule(args.schedule)
+    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
     labels = _parse_labels(args.labels, pipe.num_classes)
     label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
     start = time.perf_counter()
@@ -116,7 +116,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         n=args.n,
         seed=args.seed,
         solver=args.solver,
-        nfe=args.nfe if args.steps is None and isinstance(schedule, str) else None,
+        nfe=args.nfe if args.steps is None and isinstance(schedule, str) and args.solver != "dopri5" else None,
         steps=args.steps,
         cfg=args.cfg,
         batch_size=args.batch_size,
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixture", action=argparse.BooleanOptionalAction, default=True, help="the analytic mixture (default on)"
     )
     solvers.add_argument("--nfe", default="4,6,8,10,16,32", help="NFE budgets (default 4,6,8,10,16,32)")
-    solvers.add_argument("--n", type=int, default=256, help="evaluation samples (default 256)")
+    solvers.add_argument("--n", type=int, default=256, help="checkpoint evaluation samples (default 256)")
     solvers.add_argument("--cfg", type=float, default=1.0, help="guidance weight for the checkpoint")
     solvers.add_argument("--search-nfe", default="8", help="NFE budgets to search a schedule for ('' for none)")
     solvers.add_argument("--iterations", type=int, default=100, help="search L-BFGS iterations per program")

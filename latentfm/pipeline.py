@@ -17,7 +17,7 @@ from latentfm.config import config_from_dict
 from latentfm.errors import LatentFMError
 from latentfm.models.build import build_model
 from latentfm.models.conditioning import Condition
-from latentfm.sampling import GuidedVelocity, SampleStats, SearchedSchedule, sample
+from latentfm.sampling import ADAPTIVE_SOLVERS, GuidedVelocity, SampleStats, SearchedSchedule, sample
 from latentfm.sampling.schedules import Schedule
 from latentfm.seeding import source_noise
 from latentfm.training.checkpoint import read_state, read_tensors, resolve_checkpoint
@@ -68,6 +68,7 @@ class FlowPipeline:
         data = state["data"]
         model = build_model(config.model, data["latent_shape"][0], data["latent_shape"][1], data["num_classes"])
         model.load_state_dict(read_tensors(directory, "ema" if use_ema else "model"))
+        model.requires_grad_(False)  # sampling and schedule search differentiate inputs, never weights
         spec = dataclasses.asdict(config.autoencoder)
         autoencoder = build_autoencoder(spec, image_channels=data["image_shape"][0]).to(device)
         _check_autoencoder(autoencoder, spec["kind"], state.get("autoencoder"), directory)
@@ -106,32 +107,37 @@ class FlowPipeline:
         n: int | None = None,
         seed: int = 0,
         solver: str = "heun",
-        nfe: int | None = 8,
+        nfe: int | None = None,
         steps: int | None = None,
         cfg: float = 1.0,
         batch_size: int = 256,
         first_index: int = 0,
         progress: bool = False,
         schedule: Schedule | SearchedSchedule = "uniform",
+        decode: bool = False,
         **options: Any,
     ) -> tuple[torch.Tensor, SampleStats]:
-        """Normalised latents for ``labels`` (or ``n`` unconditional samples), before decoding.
+        """Normalised latents for ``labels`` (or ``n`` unconditional samples); with ``decode``, images in
+        [-1, 1] on the CPU, decoded batch by batch.
 
         Sample ``i`` starts from noise seeded by ``(seed, first_index + i)``, so results do not depend
-        on the batch size. ``schedule`` and ``options`` go to ``latentfm.sampling.sample``. Returns the
-        latents and the stats of the last batch (NFE is the same for all).
+        on the batch size. ``schedule`` and ``options`` go to ``latentfm.sampling.sample``; without
+        ``steps``, ``nfe`` or a schedule that fixes them, a fixed-step solver gets 8 NFE. Returns the
+        latents (or images) and the stats of the last batch (NFE is the same for all).
         """
         self._check_labels(labels)
         total = len(labels) if labels is not None else n
         if not total:
             raise LatentFMError("nothing to generate: give labels or n > 0")
+        if nfe is None and steps is None and isinstance(schedule, str) and solver not in ADAPTIVE_SOLVERS:
+            nfe = 8
         parts, stats = [], None
         for start in tqdm(range(0, total, batch_size), desc="generating", disable=not progress):
             stop = min(start + batch_size, total)
             velocity = self.velocity(None if labels is None else labels[start:stop], cfg)
             x0 = self.source(stop - start, seed, first_index + start)
             z, stats = sample(velocity, x0, solver, steps, nfe, schedule, **options)
-            parts.append(z.float())
+            parts.append(self.decode(z.float(), batch_size) if decode else z.float())
         return torch.cat(parts), stats
 
     @torch.no_grad()
@@ -141,9 +147,8 @@ class FlowPipeline:
         return torch.cat([self.autoencoder.decode(self.latent_norm.denormalize(z)).float().cpu() for z in chunks])
 
     def generate(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, SampleStats]:
-        """Images in [-1, 1] (NCHW, CPU): ``latents(...)`` (same arguments) decoded."""
-        latents, stats = self.latents(*args, **kwargs)
-        return self.decode(latents, kwargs.get("batch_size", 256)), stats
+        """Images in [-1, 1] (NCHW, CPU): ``latents(..., decode=True)``, with the same arguments."""
+        return self.latents(*args, **kwargs, decode=True)
 
     def model_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The model's velocity in float32, under bf16 autocast when ``autocast_dtype`` is set."""

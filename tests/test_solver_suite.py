@@ -43,9 +43,18 @@ def test_rule_accounting():
     assert solver_rules("heun", 3, skip_last=True) == ["heun", "heun", "euler"]
     weights = adams_bashforth_weights([1.0, 0.5], 1.5)  # equal steps: the classic AB2 weights 3/2, -1/2
     assert weights == pytest.approx([1.5, -0.5])
+    # unequal steps h=0.3 after h_prev=0.2: 1 + h/(2 h_prev) and -h/(2 h_prev)
+    assert adams_bashforth_weights([0.3, 0.1], 0.6) == pytest.approx([1.75, -0.75])
     assert adams_bashforth_weights([3.0, 2.0, 1.0], 4.0) == pytest.approx([23 / 12, -16 / 12, 5 / 12])
-    with pytest.raises(LatentFMError, match="unknown sampling option"):
+    with pytest.raises(LatentFMError, match="'skip_first' does not apply"):
         sample(rotation, torch.zeros(1, 2), solver="heun", steps=2, skip_first=True)
+    with pytest.raises(LatentFMError, match="heun only"):
+        sample(rotation, torch.zeros(1, 2), solver="pc", steps=2, skip_last=True)
+    with pytest.raises(LatentFMError, match="adaptive"):
+        sample(rotation, torch.zeros(1, 2), solver="dopri5", nfe=3)
+    for bad in ("shift:nan", "edm:inf"):
+        with pytest.raises(LatentFMError, match="schedule"):
+            time_grid(bad, 4)
 
 
 @pytest.mark.parametrize("name", ["uniform", "shift", "shift:0.5", "edm", "edm:3", "cosine"])
@@ -126,6 +135,13 @@ def test_schedule_files_are_checked(tmp_path):
     assert set(candidate_programs(8)) == {"euler", "heun", "midpoint", "rk4", "pc", "ab2", "ab3", "lms"}
     with pytest.raises(LatentFMError, match="lms steps needs one list of coefficients"):
         SearchedSchedule([0.0, 0.5, 1.0], ["lms", "lms"], 2)
+    with pytest.raises(LatentFMError, match="2 to 6 coefficients"):
+        SearchedSchedule([0.0, 0.5, 1.0], ["lms", "lms"], 2, [[1.0, 1.0], [1.0]])
+    (tmp_path / "ragged.json").write_text(
+        '{"format": "latentfm-schedule/1", "times": [0, [0.5], 1], "rules": ["euler", "euler"], "nfe": 2}'
+    )
+    with pytest.raises(LatentFMError, match="malformed"):
+        load_schedule(tmp_path / "ragged.json")
     assert "heun+euler_last" in candidate_programs(7) and "rk4" not in candidate_programs(7)
 
 
@@ -142,7 +158,7 @@ def test_cli_search_then_sample_and_bench(tmp_path, tiny_overrides, capsys):
     out = tmp_path / "samples"
     assert main(["sample", "--checkpoint", str(run), "--schedule", str(schedule), "--out", str(out), "--n", "2"]) == 0
     assert '"nfe": 4' in (out / "stats.json").read_text()
-    bench = ["bench", "solvers", "--checkpoint", str(run), "--nfe", "2,4", "--search-nfe", "4", *common]
+    bench = ["bench", "solvers", "--no-mixture", "--checkpoint", str(run), "--nfe", "2,4", "--search-nfe", "4", *common]
     assert main([*bench, "--out", str(tmp_path / "bench")]) == 0
     table = (tmp_path / "bench" / "solvers.md").read_text()
     from PIL import Image

@@ -88,7 +88,7 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "rmse", digits: int 
     return "\n".join(lines)
 
 
-def _searched(velocity: Velocity, calibration: torch.Tensor, nfes: Sequence[int], iterations: int, progress: bool):
+def _search_all(velocity: Velocity, calibration: torch.Tensor, nfes: Sequence[int], iterations: int, progress: bool):
     from latentfm.sampling.search import search_schedule
 
     return {nfe: search_schedule(velocity, calibration, nfe, iterations=iterations, progress=progress) for nfe in nfes}
@@ -113,7 +113,7 @@ def mixture_bench(
     generator = torch.Generator().manual_seed(seed + 1)
     calibration = torch.randn(calibration_samples, 64, dtype=torch.float64, generator=generator).to(device)
     reference, stats = sample(flow, x0, solver="dopri5", rtol=1e-9, atol=1e-9)
-    searched = _searched(flow, calibration, search_nfes, iterations, progress=True)
+    searched = _search_all(flow, calibration, search_nfes, iterations, progress=True)
     return {
         "description": "64-d mixture of 8 isotropic Gaussians (scales 0.15-0.5), float64, reference dopri5 1e-9",
         "samples": samples,
@@ -142,7 +142,7 @@ def checkpoint_bench(
     velocity = pipe.velocity(labels, cfg)
     x0, calibration = pipe.source(samples, seed), pipe.source(samples, seed + 1)
     reference, stats = sample(velocity, x0, solver="dopri5", rtol=1e-6, atol=1e-6)
-    searched = _searched(velocity, calibration, search_nfes, iterations, progress=True)
+    searched = _search_all(velocity, calibration, search_nfes, iterations, progress=True)
     return {
         "description": f"{checkpoint}, guidance {cfg}, latents, reference dopri5 1e-6",
         "samples": samples,

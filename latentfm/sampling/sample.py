@@ -27,6 +27,8 @@ class SampleStats:
 
 
 class _CountingVelocity:
+    """A velocity that counts its calls (the exact NFE)."""
+
     def __init__(self, velocity: Velocity):
         self.velocity, self.calls = velocity, 0
 
@@ -63,7 +65,7 @@ def _resolve_steps(solver: str, steps: int | None, nfe: int | None, schedule: Sc
     return _steps_for_budget(solver, nfe, skip_last)
 
 
-def _searched(schedule: SearchedSchedule, counted: _CountingVelocity, x0: torch.Tensor, steps, nfe):
+def _run_searched(schedule: SearchedSchedule, counted: _CountingVelocity, x0: torch.Tensor, steps, nfe):
     if steps is not None and steps != len(schedule.rules):
         raise LatentFMError(f"the searched schedule has {len(schedule.rules)} steps, not steps={steps}")
     if nfe is not None and nfe != schedule.nfe:
@@ -81,6 +83,20 @@ def _adaptive(counted: _CountingVelocity, x0: torch.Tensor, rtol: float, atol: f
 
     span = torch.tensor([0.0, 1.0], dtype=torch.float64, device=x0.device)
     return odeint(field, x0, span, rtol=rtol, atol=atol, method="dopri5")[-1], f"dopri5 rtol={rtol} atol={atol}"
+
+
+def _check_options(solver: str, schedule, steps: int | None, nfe: int | None, options: dict[str, Any]) -> None:
+    """Refuse settings that would be silently ignored."""
+    searched = isinstance(schedule, SearchedSchedule)
+    allowed = set() if searched else {"rtol", "atol"} if solver in ADAPTIVE_SOLVERS else {"skip_last"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        uses = "a searched schedule takes no options" if searched else f"{solver} takes {', '.join(sorted(allowed))}"
+        raise LatentFMError(f"sampling option {unknown[0]!r} does not apply: {uses}")
+    if options.get("skip_last") and solver != "heun":
+        raise LatentFMError(f"skip_last applies to heun only, not {solver!r}")
+    if solver in ADAPTIVE_SOLVERS and not searched and (steps is not None or nfe is not None or schedule != "uniform"):
+        raise LatentFMError(f"{solver} is adaptive: give rtol/atol, not steps, nfe or a schedule")
 
 
 @torch.no_grad()
@@ -118,11 +134,9 @@ def sample(
         ([1.0, 1.0, 1.0], 4)
     """
     counted = _CountingVelocity(velocity)
+    _check_options(solver, schedule, steps, nfe, options)
     if isinstance(schedule, SearchedSchedule):
-        return _searched(schedule, counted, x0, steps, nfe)
-    unknown = set(options) - {"skip_last", "rtol", "atol"}
-    if unknown:
-        raise LatentFMError(f"unknown sampling option {sorted(unknown)[0]!r}; use skip_last, rtol or atol")
+        return _run_searched(schedule, counted, x0, steps, nfe)
     if solver in ADAPTIVE_SOLVERS:
         x, note = _adaptive(counted, x0, options.get("rtol", 1e-5), options.get("atol", 1e-5))
         return x, SampleStats(solver, 0, counted.calls, [0.0, 1.0], note)

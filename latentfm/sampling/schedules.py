@@ -49,12 +49,12 @@ def named_grid(name: str, steps: int) -> torch.Tensor:
         return (1.0 - torch.cos(math.pi * u)) / 2.0
     if kind == "shift":
         shift = 3.0 if value is None else value
-        if shift <= 0:
+        if not math.isfinite(shift) or shift <= 0:
             raise LatentFMError(f"schedule={name!r}: the shift must be positive")
         s = 1.0 - u
         return 1.0 - shift * s / (1.0 + (shift - 1.0) * s)
     rho = 7.0 if value is None else value
-    if rho <= 0:
+    if not math.isfinite(rho) or rho <= 0:
         raise LatentFMError(f"schedule={name!r}: rho must be positive")
     lo, hi = EDM_SIGMA_MIN ** (1 / rho), EDM_SIGMA_MAX ** (1 / rho)
     sigma = (hi + u * (lo - hi)) ** rho

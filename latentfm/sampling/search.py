@@ -24,6 +24,7 @@ from latentfm.errors import LatentFMError
 from latentfm.sampling.schedules import check_times, named_grid
 from latentfm.sampling.solvers import (
     FIXED_SOLVERS,
+    HISTORY,
     RULES,
     Velocity,
     adams_bashforth_weights,
@@ -34,7 +35,7 @@ from latentfm.sampling.solvers import (
 
 FORMAT = "latentfm-schedule/1"
 START_SCHEDULES = ("uniform", "shift:2", "shift:3", "shift:0.5", "edm:7", "cosine")
-LMS_HISTORY = 3  # states and velocities an lms step combines
+LMS_HISTORY = HISTORY  # states and velocities an lms step combines
 
 
 @dataclass
@@ -55,6 +56,9 @@ class SearchedSchedule:
             raise LatentFMError(f"the schedule's rules spend {rules_nfe(self.rules)} NFE, not the {self.nfe} it claims")
         if "lms" in self.rules and (self.coefficients is None or len(self.coefficients) != len(self.rules)):
             raise LatentFMError("a schedule with lms steps needs one list of coefficients per step")
+        for rule, row in zip(self.rules, self.coefficients or []):
+            if rule == "lms" and (not row or len(row) % 2 or len(row) > 2 * LMS_HISTORY):
+                raise LatentFMError(f"an lms step needs 2 to {2 * LMS_HISTORY} coefficients (states, velocities)")
 
     def run(self, velocity: Velocity, x0: torch.Tensor) -> torch.Tensor:
         """Integrate ``velocity`` from ``x0`` with this recipe."""
@@ -75,7 +79,7 @@ def load_schedule(path: str | Path) -> SearchedSchedule:
         raise LatentFMError(f"{path} is not a latentfm schedule ({FORMAT})")
     try:
         return SearchedSchedule(**values)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise LatentFMError(f"schedule {path} is malformed: {error}") from None
 
 

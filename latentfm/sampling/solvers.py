@@ -21,6 +21,7 @@ Times are python floats (float64 arithmetic); the state keeps the dtype of ``x``
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Time = float | torch.Tensor
 RULES = ("euler", "heun", "pc", "midpoint", "rk4", "ab2", "ab3", "lms")
 FIXED_SOLVERS = ("euler", "heun", "midpoint", "rk4", "ab2", "ab3", "pc")
+HISTORY = 3  # step starts kept for multistep rules (ab3 and lms use at most three)
 _CALLS = {"euler": 1, "ab2": 1, "ab3": 1, "lms": 1, "midpoint": 2, "rk4": 4, "heun": 2}
 _GAUSS_NODES = (0.5 - 0.5 * 0.6**0.5, 0.5, 0.5 + 0.5 * 0.6**0.5)  # 3-point Gauss-Legendre on [0, 1]
 _GAUSS_WEIGHTS = (5 / 18, 8 / 18, 5 / 18)
@@ -45,8 +47,8 @@ def _call(velocity: Velocity, x: torch.Tensor, t: Time) -> torch.Tensor:
 class _History:
     """Velocities at earlier step starts (for multistep rules) and the kept end velocity (for ``pc``)."""
 
-    starts: list[tuple[Time, torch.Tensor]] = field(default_factory=list)
-    states: list[torch.Tensor] = field(default_factory=list)
+    starts: deque[tuple[Time, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    states: deque[torch.Tensor] = field(default_factory=lambda: deque(maxlen=HISTORY))
     kept: torch.Tensor | None = None
 
 
@@ -94,10 +96,10 @@ def _step(
     if rule == "lms":
         history = len(coefficients) // 2
         a, c = coefficients[:history], coefficients[history:]
-        states = sum(a_j * x_j for a_j, x_j in zip(a, memory.states[::-1]))
-        return states + h * sum(c_j * v_j for c_j, (_, v_j) in zip(c, memory.starts[::-1]))
+        states = sum(a_j * x_j for a_j, x_j in zip(a, reversed(memory.states)))
+        return states + h * sum(c_j * v_j for c_j, (_, v_j) in zip(c, reversed(memory.starts)))
     order = min(int(rule[2]), len(memory.starts))
-    nodes = memory.starts[::-1][:order]
+    nodes = list(reversed(memory.starts))[:order]
     weights = adams_bashforth_weights([time for time, _ in nodes], t_next)
     return x + h * sum(w * v for w, (_, v) in zip(weights, nodes))
 
