@@ -10,7 +10,7 @@ from latentfm.cli import build_parser, main
 
 from .conftest import TINY
 
-COMMANDS = ["train", "train-autoencoder", "encode", "sample", "demo"]
+COMMANDS = ["train", "train-autoencoder", "encode", "sample", "search-schedule", "bench", "demo"]
 
 
 def run_cli(*args, timeout=300):
