@@ -74,8 +74,7 @@ def main() -> None:
     if args.schedule:
         schedule = load_schedule(args.schedule)
     else:
-        calibration_labels = torch.arange(256) % 10
-        velocity = pipe.velocity(calibration_labels, args.cfg)
+        velocity = pipe.velocity(pipe.cycled_labels(256), args.cfg)
         schedule = search_schedule(velocity, pipe.source(256, seed=1000), nfe=8, iterations=100, progress=True)
     rows.append({"solver": "searched", "budget": 8, **judged(schedule=schedule, nfe=None)})
     report["searched"] = schedule.info

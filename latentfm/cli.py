@@ -176,23 +176,15 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise LatentFMError(f"{flag} {text!r}: give integers separated by commas, e.g. 4,8,16") from None
 
 
-def _calibration(pipe, n: int, seed: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Labels cycling through the classes (None when unconditional) and the source noise of ``n`` samples."""
-    labels = torch.arange(n) % pipe.num_classes if pipe.num_classes else None
-    return labels, pipe.source(n, seed)
-
-
 def cmd_search_schedule(args: argparse.Namespace) -> None:
     """Search the time grid and per-step rules of an NFE budget for a checkpoint; write them as JSON."""
     from latentfm.pipeline import FlowPipeline
     from latentfm.sampling import search_schedule
 
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
-    labels, x0 = _calibration(pipe, args.n, args.seed)
+    velocity, x0 = pipe.velocity(pipe.cycled_labels(args.n), args.cfg), pipe.source(args.n, args.seed)
     start = time.perf_counter()
-    schedule = search_schedule(
-        pipe.velocity(labels, args.cfg), x0, nfe=args.nfe, iterations=args.iterations, progress=True
-    )
+    schedule = search_schedule(velocity, x0, nfe=args.nfe, iterations=args.iterations, progress=True)
     schedule.info.update(checkpoint=str(args.checkpoint), cfg=args.cfg, seed=args.seed)
     schedule.info["search_seconds"] = round(time.perf_counter() - start, 1)
     schedule.save(args.out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +68,8 @@ class FlowPipeline:
         model = build_model(config.model, data["latent_shape"][0], data["latent_shape"][1], data["num_classes"])
         model.load_state_dict(read_tensors(directory, "ema" if use_ema else "model"))
         model.requires_grad_(False)  # sampling and schedule search differentiate inputs, never weights
-        spec = dataclasses.asdict(config.autoencoder)
-        autoencoder = build_autoencoder(spec, image_channels=data["image_shape"][0]).to(device)
-        _check_autoencoder(autoencoder, spec["kind"], state.get("autoencoder"), directory)
+        autoencoder = build_autoencoder(config.autoencoder, image_channels=data["image_shape"][0]).to(device)
+        _check_autoencoder(autoencoder, config.autoencoder.kind, state.get("autoencoder"), directory)
         return cls(
             model=model.to(device).eval(),
             autoencoder=autoencoder,
@@ -95,6 +93,10 @@ class FlowPipeline:
         """The guided ``velocity(x, t)`` of the model for a batch with ``labels`` (see ``GuidedVelocity``)."""
         labels = None if labels is None else labels.to(self.device)
         return GuidedVelocity(self.model_velocity, Condition(labels=labels), cfg, self.num_classes, interval)
+
+    def cycled_labels(self, n: int) -> torch.Tensor | None:
+        """``n`` labels cycling through the classes (None for an unconditional model)."""
+        return torch.arange(n) % self.num_classes if self.num_classes else None
 
     def source(self, n: int, seed: int = 0, first_index: int = 0) -> torch.Tensor:
         """The source noise of samples ``first_index .. first_index + n - 1``, each seeded by ``(seed, index)``."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from latentfm.autoencoders.base import Autoencoder, LatentNorm
 from latentfm.autoencoders.identity import IdentityAutoencoder
+from latentfm.config import AutoencoderConfig
 from latentfm.errors import LatentFMError
 
 KINDS = ("identity", "taesd", "kl", "diffusers")
@@ -17,14 +19,16 @@ def _required(spec: dict[str, Any], key: str) -> Any:
     return spec[key]
 
 
-def build_autoencoder(spec: dict[str, Any], image_channels: int = 3) -> Autoencoder:
+def build_autoencoder(spec: dict[str, Any] | AutoencoderConfig, image_channels: int = 3) -> Autoencoder:
     """The autoencoder a config block describes, in eval mode with frozen weights.
 
-    ``spec`` holds the fields of ``latentfm.config.AutoencoderConfig``, e.g. ``{"kind": "identity"}``,
+    ``spec`` is an ``AutoencoderConfig`` or a dict of its fields, e.g. ``{"kind": "identity"}``,
     ``{"kind": "taesd", "encoder": PATH, "decoder": PATH}``, ``{"kind": "kl", "checkpoint": RUN}`` or
     ``{"kind": "diffusers", "path": DIR}``; ``image_channels`` is the channel count of the images it
     will see (grayscale images are repeated to RGB for autoencoders trained on RGB).
     """
+    if isinstance(spec, AutoencoderConfig):
+        spec = dataclasses.asdict(spec)
     kind = spec.get("kind")
     if kind == "identity":
         return IdentityAutoencoder(image_channels)

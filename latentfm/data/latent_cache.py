@@ -13,7 +13,6 @@ stored latents, only when every shard exists. Training reads the shards memory-m
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -232,10 +231,9 @@ def build_cache(
     Resumes an unfinished cache; under ``torchrun`` the ranks share the shards. Returns the finished
     manifest (on the main rank; None on the others) and the number of shards this rank encoded.
     """
-    spec = dataclasses.asdict(config.autoencoder)
     dist = setup_distributed(device)
     data = load_data_config(config.data)
-    autoencoder = build_autoencoder(spec, image_channels=data.images.shape[1]).to(dist.device)
+    autoencoder = build_autoencoder(config.autoencoder, image_channels=data.images.shape[1]).to(dist.device)
     check_image_size(data.images.shape, autoencoder)
     with torch.no_grad():
         latent_shape = tuple(autoencoder.encode(data.batch(torch.arange(1), device=dist.device)[0]).shape[1:])
@@ -247,7 +245,7 @@ def build_cache(
         "image_size": d.image_size,
         "channels": d.channels,
     }
-    identity = autoencoder_identity(autoencoder, spec["kind"])
+    identity = autoencoder_identity(autoencoder, config.autoencoder.kind)
     hflip = d.hflip if hflip is None else hflip
     seed = config.train.seed
     header = cache_header(

@@ -88,10 +88,30 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "rmse", digits: int 
     return "\n".join(lines)
 
 
-def _search_all(velocity: Velocity, calibration: torch.Tensor, nfes: Sequence[int], iterations: int, progress: bool):
+def _bench_part(
+    description: str,
+    velocity: Velocity,
+    x0: torch.Tensor,
+    calibration: torch.Tensor,
+    tolerance: float,
+    nfes: Sequence[int],
+    search_nfes: Sequence[int],
+    iterations: int,
+) -> dict[str, Any]:
+    """The reference (dopri5 at rtol=atol=``tolerance``), the searched schedules and the solver table."""
     from latentfm.sampling.search import search_schedule
 
-    return {nfe: search_schedule(velocity, calibration, nfe, iterations=iterations, progress=progress) for nfe in nfes}
+    reference, stats = sample(velocity, x0, solver="dopri5", rtol=tolerance, atol=tolerance)
+    searched = {
+        nfe: search_schedule(velocity, calibration, nfe, iterations=iterations, progress=True) for nfe in search_nfes
+    }
+    return {
+        "description": description,
+        "samples": int(x0.shape[0]),
+        "reference_nfe": stats.nfe,
+        "searched": {nfe: s.info for nfe, s in searched.items()},
+        "rows": solver_table(velocity, x0, reference, nfes, searched=searched, progress=True),
+    }
 
 
 def mixture_bench(
@@ -112,15 +132,8 @@ def mixture_bench(
     x0 = torch.randn(samples, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).to(device)
     generator = torch.Generator().manual_seed(seed + 1)
     calibration = torch.randn(calibration_samples, 64, dtype=torch.float64, generator=generator).to(device)
-    reference, stats = sample(flow, x0, solver="dopri5", rtol=1e-9, atol=1e-9)
-    searched = _search_all(flow, calibration, search_nfes, iterations, progress=True)
-    return {
-        "description": "64-d mixture of 8 isotropic Gaussians (scales 0.15-0.5), float64, reference dopri5 1e-9",
-        "samples": samples,
-        "reference_nfe": stats.nfe,
-        "searched": {nfe: s.info for nfe, s in searched.items()},
-        "rows": solver_table(flow, x0, reference, nfes, searched=searched, progress=True),
-    }
+    description = "64-d mixture of 8 isotropic Gaussians (scales 0.15-0.5), float64, reference dopri5 1e-9"
+    return _bench_part(description, flow, x0, calibration, 1e-9, nfes, search_nfes, iterations)
 
 
 def checkpoint_bench(
@@ -138,18 +151,10 @@ def checkpoint_bench(
     from latentfm.pipeline import FlowPipeline
 
     pipe = FlowPipeline.from_checkpoint(checkpoint, device=device)
-    labels = torch.arange(samples) % pipe.num_classes if pipe.num_classes else None
-    velocity = pipe.velocity(labels, cfg)
+    velocity = pipe.velocity(pipe.cycled_labels(samples), cfg)
     x0, calibration = pipe.source(samples, seed), pipe.source(samples, seed + 1)
-    reference, stats = sample(velocity, x0, solver="dopri5", rtol=1e-6, atol=1e-6)
-    searched = _search_all(velocity, calibration, search_nfes, iterations, progress=True)
-    return {
-        "description": f"{checkpoint}, guidance {cfg}, latents, reference dopri5 1e-6",
-        "samples": samples,
-        "reference_nfe": stats.nfe,
-        "searched": {nfe: s.info for nfe, s in searched.items()},
-        "rows": solver_table(velocity, x0, reference, nfes, searched=searched, progress=True),
-    }
+    description = f"{checkpoint}, guidance {cfg}, latents, reference dopri5 1e-6"
+    return _bench_part(description, velocity, x0, calibration, 1e-6, nfes, search_nfes, iterations)
 
 
 def plot_rows(rows: list[dict[str, Any]], path: str, title: str, schedule: str = "uniform") -> None:

@@ -6,7 +6,6 @@ batch itself (see ``latentfm.training.loop``), so resumed and multi-rank runs ma
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ class Trainer(TrainingLoop):
     def _latent_source(self, data: ImageData | None) -> tuple[Autoencoder, LatentCache | EncodedImages]:
         """The autoencoder and where latents come from: ``data.latent_cache`` if set, else images encoded
         on the fly (``data`` if given, else ``config.data``)."""
-        spec, cache_dir = dataclasses.asdict(self.config.autoencoder), self.config.data.latent_cache
+        spec, cache_dir = self.config.autoencoder, self.config.data.latent_cache
         if cache_dir:
             cache = LatentCache(cache_dir)
             return build_autoencoder(spec, image_channels=cache.image_shape[0]).to(self.device), cache
