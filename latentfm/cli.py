@@ -1,4 +1,5 @@
-"""The ``latentfm`` command: train, train-autoencoder, encode, sample and demo.
+"""The ``latentfm`` command: train, train-autoencoder, encode, sample, search-schedule, bench, train-classifier,
+stats, eval and demo.
 
 Every problem a user can fix is one line on stderr and exit code 2, never a traceback.
 """
@@ -148,6 +149,81 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    """Train the in-project classifier on a dataset's training split (its features give a dataset-specific
+    Fréchet distance, its predictions the class accuracy of samples); report its accuracy on the test split."""
+    from latentfm.atomic import write_bytes_atomic
+    from latentfm.data import dataset_config, load_data_config
+    from latentfm.metrics.classifier import accuracy, save_classifier, train_classifier
+
+    data_config = dataset_config(args.dataset, "train", args.image_size)
+    train = load_data_config(data_config)
+    if train.labels is None:
+        raise LatentFMError(f"--dataset {args.dataset} has no labels: a classifier needs one class per image")
+    start = time.perf_counter()
+    images, labels = train.batch(torch.arange(len(train)))
+    model = train_classifier(
+        images,
+        labels,
+        train.num_classes,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=_device(args.device),
+        progress=True,
+    )
+    minutes = (time.perf_counter() - start) / 60
+    save_classifier(model.cpu(), args.out)
+    report = {
+        "dataset": args.dataset,
+        "train_fingerprint": train.fingerprint(),
+        "train_images": len(train),
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "minutes": round(minutes, 2),
+    }
+    if args.test_split:
+        test = load_data_config(data_config, "test")
+        report["test_accuracy"] = accuracy(model.cpu(), *test.batch(torch.arange(len(test))))
+        print(f"test accuracy on {len(test)} images: {100 * report['test_accuracy']:.2f}%")
+    write_bytes_atomic(Path(args.out).with_suffix(".report.json"), json.dumps(report, indent=1).encode())
+    print(f"wrote {args.out} ({minutes:.1f} min)")
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    """Feature statistics of real images (mean, covariance, a sample of features) with the protocol recorded,
+    for `latentfm eval --reference`."""
+    from latentfm.data import dataset_config, load_data_config
+    from latentfm.evaluation import reference_statistics
+    from latentfm.metrics.features import load_features
+
+    data_config = dataset_config(args.dataset, args.split, args.image_size)
+    data = load_data_config(data_config)
+    extractor = load_features(args.features, _device(args.device))
+    source = {"dataset": args.dataset, "split": data_config.split, "image_size": data_config.image_size}
+    reference = reference_statistics(data, extractor, source, args.keep_features, args.seed, progress=True)
+    reference.save(args.out)
+    print(f"wrote {args.out}: {reference.count} images, {extractor.kind} features ({extractor.dim}-d)")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Generate samples from a checkpoint (sharded across torchrun ranks, resumable), compute FD, KID,
+    precision/recall and class accuracy against reference statistics, measure latency, write OUT/report.json
+    and OUT/report.md."""
+    from latentfm.evaluation import EvalSettings, Evaluation
+    from latentfm.training.distributed import teardown_distributed
+
+    fields = set(EvalSettings.__dataclass_fields__)
+    settings = EvalSettings(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        report = Evaluation(settings, args.out, args.device).run()
+        if report is not None:
+            print(Path(args.out, "report.md").read_text())
+    finally:
+        teardown_distributed()
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train a class-conditional model on the built-in digits, sample 50 per class and judge them."""
     from latentfm.demo import run_demo
@@ -221,6 +297,10 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
         sections.append(f"seconds per batch of {part['samples']}\n\n{markdown_table(part['rows'], 'seconds', 3)}")
     write_bytes_atomic(out / "solvers.md", ("\n\n".join(sections) + "\n").encode())
     print("\n\n".join(sections))
+
+
+DATASET_HELP = "digits, fashion_mnist, idx:DIR, folder:DIR, npz:FILE or a YAML config (its data section)"
+FEATURES_HELP = "classifier weights (.safetensors) or FID InceptionV3 weights (pt_inception-2015-12-05 .pth)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +393,62 @@ def build_parser() -> argparse.ArgumentParser:
     solvers.add_argument("--device", default="auto", help="auto, cpu or cuda")
     solvers.add_argument("--out", default="out/bench_solvers", help="output directory")
     solvers.set_defaults(run=cmd_bench_solvers)
+
+    classifier = commands.add_parser(
+        "train-classifier",
+        help="train the in-project judge/feature classifier",
+        description=cmd_train_classifier.__doc__,
+    )
+    classifier.add_argument("--dataset", required=True, help=DATASET_HELP)
+    classifier.add_argument("--out", required=True, help="weights file to write (.safetensors, plus .json sidecars)")
+    classifier.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
+    classifier.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    classifier.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    classifier.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    classifier.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation")
+    classifier.add_argument(
+        "--test-split", action=argparse.BooleanOptionalAction, default=True, help="report test accuracy (default on)"
+    )
+    classifier.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    classifier.set_defaults(run=cmd_train_classifier)
+
+    stats = commands.add_parser(
+        "stats", help="reference feature statistics of real images", description=cmd_stats.__doc__
+    )
+    stats.add_argument("--dataset", required=True, help=DATASET_HELP)
+    stats.add_argument("--split", default="train", help="train (default), test or all")
+    stats.add_argument("--features", required=True, help=FEATURES_HELP)
+    stats.add_argument("--out", required=True, help="statistics file to write (.npz)")
+    stats.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
+    stats.add_argument("--keep-features", type=int, default=10_000, help="features kept for KID and P/R (10000)")
+    stats.add_argument("--seed", type=int, default=0, help="seed choosing the kept features")
+    stats.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    stats.set_defaults(run=cmd_stats)
+
+    evaluate = commands.add_parser(
+        "eval", help="FD, KID, precision/recall, accuracy, latency", description=cmd_eval.__doc__
+    )
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    evaluate.add_argument("--reference", required=True, help="statistics file from `latentfm stats`")
+    evaluate.add_argument("--features", required=True, help=FEATURES_HELP + "; must match the reference's")
+    evaluate.add_argument("--classifier", default=None, help="classifier for class accuracy with Inception features")
+    evaluate.add_argument("--n", type=int, default=50_000, help="samples to generate (default 50000)")
+    evaluate.add_argument(
+        "--solver", default="euler", help="euler (default), heun, midpoint, rk4, ab2, ab3, pc, dopri5"
+    )
+    evaluate.add_argument("--nfe", type=int, default=8, help="velocity evaluations per sample (default 8)")
+    evaluate.add_argument("--steps", type=int, default=None, help="solver steps (instead of --nfe)")
+    evaluate.add_argument("--schedule", default="uniform", help="a schedule name, a list 0,0.4,1 or a JSON file")
+    evaluate.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the source noise (sample i uses (seed, i))")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="samples per model call")
+    evaluate.add_argument("--shard-size", type=int, default=1000, help="samples per resumable shard (default 1000)")
+    evaluate.add_argument("--keep-features", type=int, default=10_000, help="features kept for KID and P/R (10000)")
+    evaluate.add_argument("--latency-batch", type=int, default=64, help="batch size of the latency measurement")
+    evaluate.add_argument("--latency-repeats", type=int, default=5, help="timed repeats after 2 warm-up runs")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (torchrun: this rank's GPU)")
+    evaluate.add_argument("--out", required=True, help="output directory (an unfinished one is resumed)")
+    evaluate.set_defaults(run=cmd_eval)
 
     demo = commands.add_parser(
         "demo", help="train on built-in digits and sample (CPU, minutes)", description=cmd_demo.__doc__

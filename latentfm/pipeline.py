@@ -48,6 +48,7 @@ class FlowPipeline:
     latent_norm: LatentNorm
     latent_shape: tuple[int, int, int]
     num_classes: int
+    image_shape: tuple[int, int, int] | None = None  # [C, H, W] of decoded images
     class_names: list[str] = field(default_factory=list)
     autocast_dtype: torch.dtype | None = None
 
@@ -76,6 +77,7 @@ class FlowPipeline:
             latent_norm=LatentNorm(**state["latent_norm"]),
             latent_shape=tuple(data["latent_shape"]),
             num_classes=data["num_classes"],
+            image_shape=tuple(data["image_shape"]),
             class_names=data["class_names"],
         )
 

@@ -7,6 +7,10 @@ Three kinds, all returning :class:`ImageData`:
   the train set (both kept in ascending index order).
 - ``idx``: a directory of MNIST-format IDX files (gzip or plain), Fashion-MNIST by default.
 - ``folder``: a directory of images, one class per sub-directory, or unlabelled images at the top level.
+- ``npz``: uint8 NHWC images in one ``.npz`` file (``images``, or ``arr_0`` as in ADM's reference batches), with
+  optional ``labels`` (or ``arr_1``); ``latentfm sample`` writes such files.
+
+On the command line a dataset is named by ``dataset_config`` (``--dataset fashion_mnist``, ``folder:DIR``, ...).
 """
 
 import gzip
@@ -19,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latentfm.config import DataConfig
+from latentfm.config import DataConfig, load_config
 from latentfm.errors import LatentFMError
 
-KINDS = ("digits", "idx", "folder")
+KINDS = ("digits", "idx", "folder", "npz")
 SPLITS = ("train", "test", "all")
 DIGITS_SEED = 0
 DIGITS_TEST_SIZE = 297
@@ -107,6 +111,8 @@ def load_dataset(
         data = _load_idx_dir(Path(path or DEFAULT_IDX_PATH), split)
     elif kind == "folder":
         data = _load_folder(path, split, image_size, channels or 3, skip_corrupt)
+    elif kind == "npz":
+        data = _load_npz(path, split)
     else:
         raise LatentFMError(f"unknown data.kind {kind!r}: use one of {', '.join(KINDS)}")
     if channels is not None:
@@ -119,6 +125,47 @@ def load_dataset(
 def load_data_config(data: DataConfig, split: str | None = None) -> ImageData:
     """The dataset a config's ``data`` section describes (its split, or ``split`` when given)."""
     return load_dataset(data.dataset, data.path, split or data.split, data.image_size, data.channels, data.skip_corrupt)
+
+
+def dataset_config(spec: str, split: str | None = None, image_size: int | None = None) -> DataConfig:
+    """The ``DataConfig`` a command-line ``--dataset`` names: ``digits``, ``fashion_mnist`` (the Debian IDX
+    files), ``idx:DIR``, ``folder:DIR``, ``npz:FILE``, or a YAML config file (its ``data`` section)."""
+    if spec.endswith((".yaml", ".yml")):
+        data = load_config(spec).data
+    elif spec in ("digits", "fashion_mnist"):
+        data = DataConfig(dataset="digits") if spec == "digits" else DataConfig(dataset="idx", path=DEFAULT_IDX_PATH)
+    elif spec.partition(":")[0] in ("idx", "folder", "npz") and spec.partition(":")[2]:
+        kind, _, path = spec.partition(":")
+        data = DataConfig(dataset=kind, path=path)
+    else:
+        raise LatentFMError(
+            f"--dataset {spec!r}: use digits, fashion_mnist, idx:DIR, folder:DIR, npz:FILE or a YAML config"
+        )
+    data.split = split or data.split
+    data.image_size = image_size or data.image_size
+    return data
+
+
+def _load_npz(path: str | None, split: str) -> ImageData:
+    """uint8 NHWC images (``images`` or ``arr_0``) and optional labels (``labels`` or ``arr_1``) of an npz file."""
+    if path is None or not Path(path).is_file():
+        raise LatentFMError(f"npz dataset {path} not found: set data.path to an .npz file of uint8 NHWC images")
+    try:
+        with np.load(path, allow_pickle=False) as values:
+            images = values["images"] if "images" in values else values["arr_0"]
+            labels = values["labels"] if "labels" in values else values.get("arr_1")
+    except (OSError, ValueError, KeyError) as error:
+        raise LatentFMError(f"cannot read npz dataset {path}: {error} (it needs an images or arr_0 array)") from None
+    if split == "test":
+        raise LatentFMError(f"npz dataset {path} has no test split: point data.path at another file")
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise LatentFMError(f"npz dataset {path}: images must be uint8 NHW or NHWC, got {images.dtype} {images.shape}")
+    images = torch.from_numpy(images[..., None] if images.ndim == 3 else images).permute(0, 3, 1, 2).contiguous()
+    if labels is None or labels.min() < 0:
+        return ImageData(images, None, 0, [])
+    label_tensor = torch.from_numpy(labels.astype(np.int64))
+    classes = int(label_tensor.max()) + 1
+    return ImageData(images, label_tensor, classes, [str(i) for i in range(classes)])
 
 
 def _load_digits(split: str) -> ImageData:

@@ -144,6 +144,7 @@ class Trainer(TrainingLoop):
             latent_norm=self.latent_norm,
             latent_shape=self.latent_shape,
             num_classes=self.latents.num_classes,
+            image_shape=tuple(self.latents.image_shape),
             class_names=self.latents.class_names,
             autocast_dtype=self.autocast_dtype,
         )
