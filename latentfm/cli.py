@@ -432,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reference", required=True, help="statistics file from `latentfm stats`")
     evaluate.add_argument("--features", required=True, help=FEATURES_HELP + "; must match the reference's")
     evaluate.add_argument("--classifier", default=None, help="classifier for class accuracy with Inception features")
-    evaluate.add_argument("--n", type=int, default=50_000, help="samples to generate (default 50000)")
+    evaluate.add_argument(
+        "--n", "--num-samples", dest="n", type=int, default=50_000, help="samples to generate (default 50000)"
+    )
     evaluate.add_argument(
         "--solver", default="euler", help="euler (default), heun, midpoint, rk4, ab2, ab3, pc, dopri5"
     )
