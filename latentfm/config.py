@@ -127,6 +127,19 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Training-time evaluation: every ``every`` steps (0: never) the main rank draws ``samples`` EMA samples with
+    the ``sample`` section's solver, NFE and guidance (sample i: class i mod num_classes, noise (train.seed, i)),
+    and logs their Fréchet distance to ``reference`` (a ``latentfm stats`` file made with ``features``) and,
+    when ``features`` is a classifier, their class accuracy, to ``metrics.jsonl``."""
+
+    every: int = 0
+    samples: int = 1000
+    features: str | None = None
+    reference: str | None = None
+
+
+@dataclass
 class TrainConfig:
     """The training loop."""
 
@@ -155,6 +168,7 @@ class Config:
     flow: FlowConfig = field(default_factory=FlowConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -122,20 +122,18 @@ def generated_features(
     extractor: FeatureExtractor,
     classifier: FeatureExtractor | None,
     indices: range,
-    settings: EvalSettings,
+    seed: int,
+    batch_size: int,
+    sampling: dict[str, Any],
 ) -> tuple[dict[str, np.ndarray], torch.Tensor]:
-    """Samples ``indices`` (seeded by ``(seed, i)``, class ``i mod num_classes``): their features, predicted and
-    requested classes (-1 where there are none), NFE and generation seconds; and the images."""
+    """Samples ``indices`` (noise seeded by ``(seed, i)``, class ``i mod num_classes``; ``sampling`` as in
+    ``EvalSettings.sampling``): their features, predicted and requested classes (-1 where there are none), NFE
+    and generation seconds; and the images."""
     labels = torch.arange(indices.start, indices.stop) % pipe.num_classes if pipe.num_classes else None
     _synchronize(pipe.device)
     start = time.perf_counter()
     images, stats = pipe.generate(
-        labels,
-        n=len(indices),
-        seed=settings.seed,
-        first_index=indices.start,
-        batch_size=settings.batch_size,
-        **settings.sampling(),
+        labels, n=len(indices), seed=seed, first_index=indices.start, batch_size=batch_size, **sampling
     )
     _synchronize(pipe.device)
     seconds = time.perf_counter() - start
@@ -151,6 +149,30 @@ def generated_features(
         "nfe": np.array(stats.nfe),
         "seconds": np.array(seconds),
     }, images
+
+
+class TrainingEvaluation:
+    """The training-time evaluation (``eval`` config section): Fréchet distance and class accuracy of a
+    pipeline's samples against reference statistics, checked against the protocol once, up front."""
+
+    def __init__(self, features: str, reference: str, image_shape: tuple[int, int, int], device: torch.device):
+        self.extractor = load_features(features, device)
+        self.reference = load_reference(reference)
+        check_protocol(self.reference, self.extractor.protocol(image_shape), reference)
+
+    def __call__(self, pipe: FlowPipeline, n: int, seed: int, sampling: dict[str, Any]) -> dict[str, Any]:
+        """``eval_fd``, ``eval_accuracy`` (None without a classifier), ``eval_samples``, ``eval_nfe`` and
+        ``eval_seconds`` of ``n`` samples."""
+        classifier = self.extractor if self.extractor.predicts_classes else None
+        arrays, _ = generated_features(pipe, self.extractor, classifier, range(n), seed, 256, sampling)
+        stats = FeatureStats().update(arrays["features"])
+        return {
+            "eval_fd": frechet_distance(stats.mean, stats.cov, self.reference.mu, self.reference.sigma),
+            "eval_accuracy": class_accuracy(arrays["predictions"], arrays["labels"]),
+            "eval_samples": n,
+            "eval_nfe": int(arrays["nfe"]),
+            "eval_seconds": round(float(arrays["seconds"]), 2),
+        }
 
 
 def distribution_metrics(
@@ -262,7 +284,15 @@ class Evaluation:
         todo = [s for s in starts if not self._shard_path(s).is_file()]
         for start in tqdm(todo, desc=f"shards (rank {self.dist.rank})", disable=not self.progress):
             indices = range(start, min(start + self.settings.shard_size, self.settings.n))
-            arrays, images = generated_features(self.pipe, self.extractor, self.classifier, indices, self.settings)
+            arrays, images = generated_features(
+                self.pipe,
+                self.extractor,
+                self.classifier,
+                indices,
+                self.settings.seed,
+                self.settings.batch_size,
+                self.settings.sampling(),
+            )
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
             write_bytes_atomic(self._shard_path(start), buffer.getvalue())

@@ -160,3 +160,16 @@ def test_dataset_names_and_npz_datasets(tmp_path, setup):
     assert main(["sample", "--checkpoint", str(run), "--n", "3", "--nfe", "2", "--out", str(tmp_path / "s")]) == 0
     data = load_data_config(dataset_config(f"npz:{tmp_path / 's' / 'samples.npz'}"))
     assert data.images.shape == (30, 1, 8, 8) and data.labels.tolist()[:4] == [0, 0, 0, 1]
+
+
+def test_training_logs_fd_and_accuracy_every_n_steps(setup, tmp_path):
+    root, classifier, _ = setup
+    run = tmp_path / "run"
+    evaluation = ["eval.every=3", "eval.samples=20", f"eval.features={classifier}", f"eval.reference={root}/train.npz"]
+    assert main(["train", "--config", "configs/digits.yaml", *TINY, *evaluation, f"train.out_dir={run}"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if "eval_fd" in r]
+    assert [r["step"] for r in evaluations] == [3, 6]
+    assert all(r["eval_fd"] > 0 and 0 <= r["eval_accuracy"] <= 1 and r["eval_nfe"] == 2 for r in evaluations)
+    bad = ["train", "--config", "configs/digits.yaml", *TINY, "eval.every=3", f"train.out_dir={tmp_path / 'b'}"]
+    assert main(bad) == 2

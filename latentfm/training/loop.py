@@ -40,6 +40,7 @@ RESUMABLE_KEYS = {
     "train.device",
     "train.compile",
     "sample",
+    "eval",
 }
 
 
@@ -103,6 +104,7 @@ class TrainingLoop:
         self.local_batch = train.batch_size // self.dist.world_size
         self.autocast_dtype = resolve_precision(train.precision, self.device)
         self.step = 0
+        self.eval_every = 0  # steps between calls of ``evaluate`` (0: never)
         self._order: tuple[int, torch.Tensor] | None = None
 
     def autocast(self) -> torch.autocast:
@@ -229,6 +231,10 @@ class TrainingLoop:
         """Write a picture of the current model and return its path."""
         raise NotImplementedError
 
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics of the current model by name (called on the main rank every ``eval_every`` steps)."""
+        raise NotImplementedError
+
     def _log(self, sums: dict[str, torch.Tensor], window: int, seconds: float, bar: tqdm) -> None:
         """Append the mean losses of the last ``window`` steps (over all ranks) to ``metrics.jsonl``."""
         record: dict[str, float] = {"step": self.step}
@@ -237,10 +243,14 @@ class TrainingLoop:
         record["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step - 1)
         record["images_per_s"] = window * self.config.train.batch_size / seconds
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            self._append_metrics(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        """One JSON line in ``RUN/metrics.jsonl``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
 
     def run(self, until_step: int | None = None) -> Path:
         """Train to ``train.steps`` (or stop early at ``until_step``); returns the last checkpoint.
@@ -263,6 +273,8 @@ class TrainingLoop:
                     sums, window, clock = {}, 0, time.perf_counter()
                 if train.sample_every and self.step % train.sample_every == 0 and self.dist.is_main:
                     self.save_samples()
+                if self.eval_every and self.step % self.eval_every == 0 and self.dist.is_main:
+                    self._append_metrics({"step": self.step, **self.evaluate()})
                 if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step != last:
                     self.save()
         except KeyboardInterrupt:

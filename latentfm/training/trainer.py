@@ -17,6 +17,7 @@ from latentfm.config import Config
 from latentfm.data import EncodedImages, ImageData, LatentCache, load_data_config
 from latentfm.data.latent_cache import check_cache_autoencoder
 from latentfm.errors import LatentFMError
+from latentfm.evaluation import TrainingEvaluation
 from latentfm.flow import build_path, build_time_sampler, flow_matching_loss
 from latentfm.image_io import save_grid
 from latentfm.models.build import build_model
@@ -59,6 +60,25 @@ class Trainer(TrainingLoop):
         if resumed:
             self.load(resumed)
         self.train_model = self.wrap(self.model)
+        self.evaluation = self._training_evaluation()
+
+    def _training_evaluation(self) -> TrainingEvaluation | None:
+        """The ``eval`` section's evaluator, checked before training starts (None when it is off)."""
+        settings = self.config.eval
+        if not settings.every:
+            return None
+        if not settings.features or not settings.reference:
+            raise LatentFMError("eval.every is set: also set eval.features and eval.reference (see `latentfm stats`)")
+        if settings.samples < 2:
+            raise LatentFMError(f"eval.samples={settings.samples}: a Fréchet distance needs at least 2 samples")
+        self.eval_every = settings.every
+        return TrainingEvaluation(settings.features, settings.reference, tuple(self.latents.image_shape), self.device)
+
+    def evaluate(self) -> dict[str, Any]:
+        """FD (and class accuracy) of EMA samples drawn with the ``sample`` section's solver, NFE and guidance."""
+        s = self.config.sample
+        sampling = {"solver": s.solver, "nfe": s.nfe, "cfg": s.cfg}
+        return self.evaluation(self.pipeline(), self.config.eval.samples, self.config.train.seed, sampling)
 
     def _latent_source(self, data: ImageData | None) -> tuple[Autoencoder, LatentCache | EncodedImages]:
         """The autoencoder and where latents come from: ``data.latent_cache`` if set, else images encoded
