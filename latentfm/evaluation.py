@@ -176,15 +176,22 @@ class TrainingEvaluation:
 
 
 def distribution_metrics(
-    reference: ReferenceStats, stats: FeatureStats, features: np.ndarray, settings: EvalSettings, device: Any = "cpu"
+    reference: ReferenceStats,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    features: np.ndarray,
+    pr_k: int = 3,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+    device: Any = "cpu",
 ) -> dict[str, float]:
-    """FD from the moments; KID and precision/recall from the kept features of both sets."""
-    kid_mean, kid_std = kernel_distance(
-        reference.features, features, settings.kid_subsets, settings.kid_subset_size, seed=settings.seed
-    )
-    precision, recall = precision_recall(reference.features, features, settings.pr_k, device)
+    """FD of the moments ``mu``, ``sigma`` to the reference's; KID and precision/recall of the kept ``features``
+    against the reference's kept features."""
+    kid_mean, kid_std = kernel_distance(reference.features, features, kid_subsets, kid_subset_size, seed)
+    precision, recall = precision_recall(reference.features, features, pr_k, device)
     return {
-        "fd": frechet_distance(stats.mean, stats.cov, reference.mu, reference.sigma),
+        "fd": frechet_distance(mu, sigma, reference.mu, reference.sigma),
         "kid": kid_mean,
         "kid_std": kid_std,
         "precision": precision,
@@ -325,7 +332,18 @@ class Evaluation:
         if not self.dist.is_main:
             return None
         stats, features, summary = self._merged()
-        metrics = distribution_metrics(self.reference, stats, features, self.settings, self.dist.device)
+        s = self.settings
+        metrics = distribution_metrics(
+            self.reference,
+            stats.mean,
+            stats.cov,
+            features,
+            s.pr_k,
+            s.kid_subsets,
+            s.kid_subset_size,
+            s.seed,
+            self.dist.device,
+        )
         report = {
             "metrics": {**metrics, "accuracy": summary["accuracy"]},
             "nfe": summary["nfe"],

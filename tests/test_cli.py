@@ -10,7 +10,18 @@ from latentfm.cli import build_parser, main
 
 from .conftest import TINY
 
-COMMANDS = ["train", "train-autoencoder", "encode", "sample", "search-schedule", "bench", "demo"]
+COMMANDS = [
+    "train",
+    "train-autoencoder",
+    "encode",
+    "sample",
+    "search-schedule",
+    "bench",
+    "train-classifier",
+    "stats",
+    "eval",
+    "demo",
+]
 
 
 def run_cli(*args, timeout=300):
