@@ -104,10 +104,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from latentfm.atomic import write_bytes_atomic
     from latentfm.image_io import write_samples
     from latentfm.pipeline import FlowPipeline
+    from latentfm.sampling import schedule_from_text
 
     if args.n < 1:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
-    schedule = _schedule(args.schedule)
+    schedule = schedule_from_text(args.schedule)
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
     labels = _parse_labels(args.labels, pipe.num_classes)
     label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
@@ -229,20 +230,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from latentfm.demo import run_demo
 
     run_demo(Path(args.out), steps=args.steps, per_class=args.per_class, seed=args.seed)
-
-
-def _schedule(text: str):
-    """A schedule name, an explicit comma-separated list of times, or a searched schedule's JSON file."""
-    from latentfm.sampling import load_schedule
-
-    if text.endswith(".json"):
-        return load_schedule(text)
-    if "," in text:
-        try:
-            return [float(v) for v in text.split(",")]
-        except ValueError:
-            raise LatentFMError(f"--schedule {text!r}: a list of times looks like 0,0.3,0.7,1") from None
-    return text
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -33,7 +33,7 @@ from latentfm.metrics.kid import kernel_distance
 from latentfm.metrics.precision_recall import precision_recall
 from latentfm.metrics.reference import ReferenceStats, check_protocol, load_reference
 from latentfm.pipeline import FlowPipeline
-from latentfm.sampling import ADAPTIVE_SOLVERS, load_schedule
+from latentfm.sampling import ADAPTIVE_SOLVERS, schedule_from_text
 from latentfm.training.distributed import barrier, setup_distributed
 
 KEEP_FEATURES = 10_000  # features kept per set for KID and precision/recall: a seeded random subset
@@ -67,11 +67,7 @@ class EvalSettings:
 
     def sampling(self) -> dict[str, Any]:
         """The keyword arguments of ``FlowPipeline.generate`` that pick the sampler."""
-        schedule: Any = self.schedule
-        if self.schedule.endswith(".json"):
-            schedule = load_schedule(self.schedule)
-        elif "," in self.schedule:
-            schedule = [float(v) for v in self.schedule.split(",")]
+        schedule = schedule_from_text(self.schedule)
         fixed_budget = self.steps is None and isinstance(schedule, str) and self.solver not in ADAPTIVE_SOLVERS
         return {
             "solver": self.solver,
@@ -312,8 +308,9 @@ class Evaluation:
         mask = _kept_mask(self.settings.n, self.settings.keep_features, self.settings.seed)
         for start in range(0, self.settings.n, self.settings.shard_size):
             with np.load(self._shard_path(start), allow_pickle=False) as shard:
-                stats.update(shard["features"])
-                kept.append(shard["features"][mask[start : start + len(shard["features"])]])
+                features = shard["features"]
+                stats.update(features)
+                kept.append(features[mask[start : start + len(features)]])
                 predictions.append(shard["predictions"])
                 labels.append(shard["labels"])
                 seconds += float(shard["seconds"])

@@ -4,7 +4,7 @@ point ``sample``."""
 from latentfm.sampling.guidance import GuidedVelocity
 from latentfm.sampling.sample import ADAPTIVE_SOLVERS, SampleStats, sample
 from latentfm.sampling.schedules import time_grid
-from latentfm.sampling.search import SearchedSchedule, load_schedule, search_schedule
+from latentfm.sampling.search import SearchedSchedule, load_schedule, schedule_from_text, search_schedule
 from latentfm.sampling.solvers import FIXED_SOLVERS, integrate, rules_nfe
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "load_schedule",
     "rules_nfe",
     "sample",
+    "schedule_from_text",
     "search_schedule",
     "time_grid",
 ]

@@ -83,6 +83,19 @@ def load_schedule(path: str | Path) -> SearchedSchedule:
         raise LatentFMError(f"schedule {path} is malformed: {error}") from None
 
 
+def schedule_from_text(text: str) -> str | list[float] | SearchedSchedule:
+    """A schedule as the command line gives it: a name (``shift:3``), a comma-separated list of times, or a
+    ``search-schedule`` JSON file."""
+    if text.endswith(".json"):
+        return load_schedule(text)
+    if "," not in text:
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise LatentFMError(f"--schedule {text!r}: a list of times looks like 0,0.3,0.7,1") from None
+
+
 def candidate_programs(nfe: int) -> dict[str, list[str]]:
     """Per-step rule lists that spend exactly ``nfe`` calls, by name."""
     programs = {"lms": ["lms"] * nfe} if nfe >= 1 else {}
