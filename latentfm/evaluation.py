@@ -30,6 +30,7 @@ from latentfm.image_io import save_grid
 from latentfm.metrics.features import FeatureExtractor, load_features, quantise
 from latentfm.metrics.frechet import FeatureStats, frechet_distance
 from latentfm.metrics.kid import kernel_distance
+from latentfm.metrics.latency import median_seconds, synchronize
 from latentfm.metrics.precision_recall import precision_recall
 from latentfm.metrics.reference import ReferenceStats, check_protocol, load_reference
 from latentfm.pipeline import FlowPipeline
@@ -126,12 +127,12 @@ def generated_features(
     ``EvalSettings.sampling``): their features, predicted and requested classes (-1 where there are none), NFE
     and generation seconds; and the images."""
     labels = torch.arange(indices.start, indices.stop) % pipe.num_classes if pipe.num_classes else None
-    _synchronize(pipe.device)
+    synchronize(pipe.device)
     start = time.perf_counter()
     images, stats = pipe.generate(
         labels, n=len(indices), seed=seed, first_index=indices.start, batch_size=batch_size, **sampling
     )
-    _synchronize(pipe.device)
+    synchronize(pipe.device)
     seconds = time.perf_counter() - start
     pixels = quantise(images)
     features, predictions = _extract(extractor, pixels)
@@ -202,28 +203,18 @@ def class_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float | None:
     return float((predictions == labels).mean())
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_latency(pipe: FlowPipeline, settings: EvalSettings, decode: bool, warmup: int = 2) -> dict[str, Any]:
     """Median wall time of sampling one batch of ``latency_batch`` (device synchronised; after ``warmup`` runs),
     with or without decoding to images on the host."""
-    labels = pipe.cycled_labels(settings.latency_batch)
-    batch = settings.latency_batch
-    seconds = []
-    for repeat in range(warmup + settings.latency_repeats):
-        _synchronize(pipe.device)
-        start = time.perf_counter()
-        pipe.latents(labels, n=batch, seed=settings.seed, batch_size=batch, decode=decode, **settings.sampling())
-        _synchronize(pipe.device)
-        if repeat >= warmup:
-            seconds.append(time.perf_counter() - start)
-    median = float(np.median(seconds))
+    batch, labels = settings.latency_batch, pipe.cycled_labels(settings.latency_batch)
+
+    def run() -> object:
+        return pipe.latents(labels, n=batch, seed=settings.seed, batch_size=batch, decode=decode, **settings.sampling())
+
+    median = median_seconds(run, pipe.device, settings.latency_repeats, warmup)
     return {
         "batch_size": batch,
-        "repeats": len(seconds),
+        "repeats": settings.latency_repeats,
         "warmup": warmup,
         "median_s": median,
         "ms_per_sample": 1000 * median / batch,

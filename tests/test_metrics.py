@@ -1,6 +1,8 @@
 """Distribution metrics on known answers: Fréchet distance, streaming moments, KID, precision/recall,
 the FID InceptionV3 (random weights: shapes and loading only) and reference statistics files."""
 
+import time
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -11,6 +13,7 @@ from latentfm.metrics.features import load_features, quantise
 from latentfm.metrics.frechet import FeatureStats, frechet_distance
 from latentfm.metrics.inception import FIDInceptionV3, load_inception
 from latentfm.metrics.kid import kernel_distance
+from latentfm.metrics.latency import median_seconds
 from latentfm.metrics.precision_recall import precision_recall
 from latentfm.metrics.reference import ReferenceStats, check_protocol, load_reference
 
@@ -166,3 +169,14 @@ def test_reference_round_trip_and_protocol_check(tmp_path):
     np.savez(tmp_path / "fid_stats.npz", mu=np.zeros(3), sigma=np.eye(3))  # e.g. pytorch-fid statistics
     with pytest.raises(LatentFMError, match="not a latentfm statistics file"):
         load_reference(tmp_path / "fid_stats.npz")
+
+
+def test_latency_warms_up_then_takes_the_median():
+    calls, durations = [], iter([0.0, 0.0, 0.03, 0.001, 0.002])  # two warm-ups, then an outlier and two fast runs
+
+    def run():
+        calls.append(1)
+        time.sleep(next(durations))
+
+    assert median_seconds(run, torch.device("cpu"), repeats=3, warmup=2) < 0.02
+    assert len(calls) == 5
