@@ -286,6 +286,23 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
     print("\n\n".join(sections))
 
 
+def _add_sampler_arguments(parser: argparse.ArgumentParser, solver: str) -> None:
+    """The options that pick a sampler and its noise, shared by ``sample`` and ``eval``."""
+    parser.add_argument(
+        "--solver", default=solver, help=f"euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 (default {solver})"
+    )
+    parser.add_argument(
+        "--schedule",
+        default="uniform",
+        help="uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file",
+    )
+    parser.add_argument("--nfe", type=int, default=8, help="velocity evaluations per sample (default 8)")
+    parser.add_argument("--steps", type=int, default=None, help="solver steps (instead of --nfe)")
+    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the source noise (sample i uses (seed, i))")
+    parser.add_argument("--batch-size", type=int, default=256, help="samples per model call")
+
+
 DATASET_HELP = "digits, fashion_mnist, idx:DIR, folder:DIR, npz:FILE or a YAML config (its data section)"
 FEATURES_HELP = "classifier weights (.safetensors) or FID InceptionV3 weights (pt_inception-2015-12-05 .pth)"
 
@@ -330,19 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
     sample.add_argument("--labels", default=None, help="'all' (default), '0,3,7' or '2-5'; one grid row per label")
     sample.add_argument("--n", type=int, default=8, help="samples per label (total when unconditional)")
-    sample.add_argument(
-        "--solver", default="heun", help="euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 (default heun)"
-    )
-    sample.add_argument(
-        "--schedule",
-        default="uniform",
-        help="uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file",
-    )
-    sample.add_argument("--nfe", type=int, default=8, help="velocity evaluations per sample (default 8)")
-    sample.add_argument("--steps", type=int, default=None, help="solver steps (instead of --nfe)")
-    sample.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the source noise")
-    sample.add_argument("--batch-size", type=int, default=256, help="samples per model call")
+    _add_sampler_arguments(sample, "heun")
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sample.add_argument("--out", required=True, help="output directory")
     sample.set_defaults(run=cmd_sample)
@@ -422,15 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--n", "--num-samples", dest="n", type=int, default=50_000, help="samples to generate (default 50000)"
     )
-    evaluate.add_argument(
-        "--solver", default="euler", help="euler (default), heun, midpoint, rk4, ab2, ab3, pc, dopri5"
-    )
-    evaluate.add_argument("--nfe", type=int, default=8, help="velocity evaluations per sample (default 8)")
-    evaluate.add_argument("--steps", type=int, default=None, help="solver steps (instead of --nfe)")
-    evaluate.add_argument("--schedule", default="uniform", help="a schedule name, a list 0,0.4,1 or a JSON file")
-    evaluate.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the source noise (sample i uses (seed, i))")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="samples per model call")
+    _add_sampler_arguments(evaluate, "euler")
     evaluate.add_argument("--shard-size", type=int, default=1000, help="samples per resumable shard (default 1000)")
     evaluate.add_argument("--keep-features", type=int, default=10_000, help="features kept for KID and P/R (10000)")
     evaluate.add_argument("--latency-batch", type=int, default=64, help="batch size of the latency measurement")

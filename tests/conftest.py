@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny digits config that trains in seconds."""
+"""Shared fixtures: a tiny digits config that trains in seconds; running the command under torchrun."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +37,11 @@ def tiny_overrides(tmp_path):
 def tiny_config(tiny_overrides):
     """The tiny config itself."""
     return load_config(None, tiny_overrides)
+
+
+def run_torchrun(*args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    """``latentfm ARGS`` under torchrun with ``ranks`` processes of one thread each (gloo on the CPU)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    command += ["-m", "latentfm.cli", "--", *args]  # "--": torchrun would take --n for one of its own options
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

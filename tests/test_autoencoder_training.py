@@ -1,9 +1,5 @@
 """The KL autoencoder and its trainer: shapes, posterior, exact resume with the GAN term, DDP, loading."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -15,6 +11,7 @@ from latentfm.errors import LatentFMError
 from latentfm.training import checkpoint as ckpt
 from latentfm.training.autoencoder_trainer import AutoencoderTrainer
 
+from .conftest import run_torchrun
 from .test_trainer import assert_same_tensors, weights
 
 TINY_AE = [
@@ -117,11 +114,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     AutoencoderTrainer(tiny_ae_config(tmp_path / "one", "train.steps=3", *gan)).run()
     config = tmp_path / "empty.yaml"
     config.write_text("")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-    command += ["latentfm.cli", "train-autoencoder", "--config", str(config), "--eval-split", "none", *TINY_AE]
-    command += [f"train.out_dir={tmp_path / 'two'}", "train.steps=3", *gan]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    command = ["train-autoencoder", "--config", str(config), "--eval-split", "none", *TINY_AE]
+    result = run_torchrun(*command, f"train.out_dir={tmp_path / 'two'}", "train.steps=3", *gan)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("model", "disc"):
         assert_same_tensors(weights(tmp_path / "one", name), weights(tmp_path / "two", name), exact=False)

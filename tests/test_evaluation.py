@@ -2,9 +2,6 @@
 refusals, torchrun sharding; dataset names on the command line."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ from latentfm.data import dataset_config, load_data_config
 from latentfm.errors import LatentFMError
 from latentfm.metrics.reference import load_reference
 
-from .conftest import TINY
+from .conftest import TINY, run_torchrun
 
 
 @pytest.fixture(scope="module")
@@ -127,20 +124,7 @@ def test_eval_refuses_other_settings_and_other_protocols(setup, tmp_path, capsys
 def test_torchrun_shards_equal_one_process(setup, tmp_path):
     single = tmp_path / "one"
     assert main(eval_args(setup, single)) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "latentfm.cli",
-        "--",  # torchrun would read --n as an abbreviation of one of its own options
-    ]
-    result = subprocess.run(
-        [*command, *eval_args(setup, tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_torchrun(*eval_args(setup, tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("00000000.npz", "00000064.npz", "00000128.npz"):
         one, two = np.load(single / "shards" / name), np.load(tmp_path / "two" / "shards" / name)

@@ -3,8 +3,6 @@ sharding across ranks, and flow training that reads it."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from latentfm.pipeline import FlowPipeline
 from latentfm.training.autoencoder_trainer import AutoencoderTrainer
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from .conftest import TINY, run_torchrun
 from .test_autoencoder_training import TINY_AE
 
 
@@ -116,11 +114,8 @@ def test_ranks_share_the_shards(tmp_path, kl_run):
 
 def test_torchrun_encodes_with_two_ranks(tmp_path, encode_config):
     encode_config.write_text(encode_config.read_text() + "  posterior: sample\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-    command += ["latentfm.cli", "encode", "--config", str(encode_config), "--out", str(tmp_path / "two")]
-    command += ["--device", "cpu", "--shard-size", "400"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    options = ["--out", str(tmp_path / "two"), "--device", "cpu", "--shard-size", "400"]
+    result = run_torchrun("encode", "--config", str(encode_config), *options)
     assert result.returncode == 0, result.stderr[-2000:]
     assert _encode(encode_config, tmp_path / "one", "--shard-size", "400") == 0
     for name in ("manifest.json", "labels.npy", *(f"shard_{i:05d}.npy" for i in range(4))):

@@ -1,9 +1,6 @@
 """The trainer: exact resume, checkpoints, logs, sample grids, DDP with 2 processes on gloo."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from latentfm.training import checkpoint as ckpt
 from latentfm.training.loop import learning_rate
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from .conftest import TINY, run_torchrun
 
 
 def weights(run_dir, name):
@@ -102,21 +99,6 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     Trainer(load_config(None, [*common, f"train.out_dir={tmp_path / 'one'}"])).run()
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "latentfm.cli",
-        "train",
-        "--config",
-        str(empty),
-        *common,
-        f"train.out_dir={tmp_path / 'two'}",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = run_torchrun("train", "--config", str(empty), *common, f"train.out_dir={tmp_path / 'two'}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_tensors(weights(tmp_path / "one", "model"), weights(tmp_path / "two", "model"), exact=False)
