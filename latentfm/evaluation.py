@@ -359,8 +359,18 @@ class Evaluation:
         return report
 
 
+def _cpu_name() -> str:
+    """The CPU model as Linux names it, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def _machine(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return f"{name} ({device.type}, {torch.get_num_threads()} CPU threads), torch {torch.__version__}"
 
 
