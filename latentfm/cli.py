@@ -158,6 +158,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     from latentfm.metrics.classifier import accuracy, save_classifier, train_classifier
 
     data_config = dataset_config(args.dataset, "train", args.image_size)
+    if args.test_split and data_config.dataset in ("folder", "npz"):
+        raise LatentFMError(f"--dataset {args.dataset} has no test split: add --no-test-split")
     train = load_data_config(data_config)
     if train.labels is None:
         raise LatentFMError(f"--dataset {args.dataset} has no labels: a classifier needs one class per image")
@@ -199,6 +201,8 @@ def cmd_stats(args: argparse.Namespace) -> None:
     from latentfm.evaluation import reference_statistics
     from latentfm.metrics.features import load_features
 
+    if args.keep_features < 1:
+        raise LatentFMError(f"--keep-features {args.keep_features}: keep at least 1 feature")
     data_config = dataset_config(args.dataset, args.split, args.image_size)
     data = load_data_config(data_config)
     extractor = load_features(args.features, _device(args.device))

@@ -10,6 +10,7 @@ and written atomically, so an interrupted evaluation resumes where it stopped an
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import platform
@@ -225,8 +226,8 @@ class Evaluation:
     """One ``latentfm eval`` run writing into ``out``: shards of sample features, then the report."""
 
     def __init__(self, settings: EvalSettings, out: str | Path, device: str = "auto", progress: bool = True):
-        if settings.n < 2 or settings.shard_size < 1 or settings.batch_size < 1:
-            raise LatentFMError("--n must be at least 2, --shard-size and --batch-size at least 1")
+        if settings.n < 2 or min(settings.shard_size, settings.batch_size, settings.keep_features) < 1:
+            raise LatentFMError("--n must be at least 2, --shard-size, --batch-size and --keep-features at least 1")
         self.settings, self.out, self.progress = settings, Path(out), progress
         self.dist = setup_distributed(device)
         self.pipe = FlowPipeline.from_checkpoint(settings.checkpoint, device=self.dist.device)
@@ -235,6 +236,9 @@ class Evaluation:
         self.reference = load_reference(settings.reference)
         self.protocol = self.extractor.protocol(self.pipe.image_shape)
         check_protocol(self.reference, self.protocol, settings.reference)
+        for network in (self.extractor, self.classifier):
+            if network is not None:
+                network.check_images(self.pipe.image_shape)
 
     def _classifier(self) -> FeatureExtractor | None:
         if self.settings.classifier:
@@ -247,12 +251,17 @@ class Evaluation:
     def _run_record(self) -> dict[str, Any]:
         """What a resumed run must share with the shards already written (settings that only change speed
         excepted)."""
-        settings = {k: v for k, v in asdict(self.settings).items() if k not in SPEED_SETTINGS}
+        adaptive = self.settings.solver in ADAPTIVE_SOLVERS  # its steps depend on the whole batch
+        free = () if adaptive else SPEED_SETTINGS
+        settings = {k: v for k, v in asdict(self.settings).items() if k not in free}
+        schedule = Path(self.settings.schedule)
         return {
             **settings,
             "checkpoint_dir": str(Path(self.settings.checkpoint).resolve()),
             "model_sha256": weights_sha256(self.pipe.model),
             "features_sha256": self.extractor.weights_sha256,
+            "classifier_sha256": None if self.classifier is None else self.classifier.weights_sha256,
+            "schedule_sha256": hashlib.sha256(schedule.read_bytes()).hexdigest() if schedule.is_file() else None,
         }
 
     def _start(self) -> None:
@@ -295,7 +304,7 @@ class Evaluation:
 
     def _merged(self) -> tuple[FeatureStats, np.ndarray, dict[str, Any]]:
         """Moments of all shards, the kept features, accuracy, NFE and generation seconds."""
-        stats, kept, predictions, labels, seconds, nfes = FeatureStats(), [], [], [], 0.0, set()
+        stats, kept, predictions, labels, seconds, nfes = FeatureStats(), [], [], [], 0.0, []
         mask = _kept_mask(self.settings.n, self.settings.keep_features, self.settings.seed)
         for start in range(0, self.settings.n, self.settings.shard_size):
             with np.load(self._shard_path(start), allow_pickle=False) as shard:
@@ -305,11 +314,12 @@ class Evaluation:
                 predictions.append(shard["predictions"])
                 labels.append(shard["labels"])
                 seconds += float(shard["seconds"])
-                nfes.add(int(shard["nfe"]))
-        if len(nfes) != 1:
-            raise LatentFMError(f"the shards in {self.out} were sampled with different NFE {sorted(nfes)}")
+                nfes.append(int(shard["nfe"]))
+        if len(set(nfes)) != 1 and self.settings.solver not in ADAPTIVE_SOLVERS:
+            raise LatentFMError(f"the shards in {self.out} were sampled with different NFE {sorted(set(nfes))}")
         accuracy = class_accuracy(np.concatenate(predictions), np.concatenate(labels))
-        return stats, np.concatenate(kept), {"accuracy": accuracy, "nfe": nfes.pop(), "generation_s": seconds}
+        nfe = nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes))  # adaptive: the mean over shards
+        return stats, np.concatenate(kept), {"accuracy": accuracy, "nfe": nfe, "generation_s": seconds}
 
     def run(self) -> dict[str, Any] | None:
         """Generate (resuming), then on the main rank compute the metrics and latency and write the reports."""

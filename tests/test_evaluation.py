@@ -157,3 +157,12 @@ def test_training_logs_fd_and_accuracy_every_n_steps(setup, tmp_path):
     assert all(r["eval_fd"] > 0 and 0 <= r["eval_accuracy"] <= 1 and r["eval_nfe"] == 2 for r in evaluations)
     bad = ["train", "--config", "configs/digits.yaml", *TINY, "eval.every=3", f"train.out_dir={tmp_path / 'b'}"]
     assert main(bad) == 2
+
+
+def test_npz_datasets_refuse_malformed_arrays(tmp_path):
+    np.savez(tmp_path / "nchw.npz", images=np.zeros((4, 3, 8, 8), np.uint8))
+    np.savez(tmp_path / "labels.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(3, np.int64))
+    with pytest.raises(LatentFMError, match="uint8 NHW or NHWC"):
+        load_data_config(dataset_config(f"npz:{tmp_path / 'nchw.npz'}"))
+    with pytest.raises(LatentFMError, match=r"\(3,\) labels for 4 images"):
+        load_data_config(dataset_config(f"npz:{tmp_path / 'labels.npz'}"))

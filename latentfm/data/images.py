@@ -158,10 +158,12 @@ def _load_npz(path: str | None, split: str) -> ImageData:
         raise LatentFMError(f"cannot read npz dataset {path}: {error} (it needs an images or arr_0 array)") from None
     if split == "test":
         raise LatentFMError(f"npz dataset {path} has no test split: point data.path at another file")
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
         raise LatentFMError(f"npz dataset {path}: images must be uint8 NHW or NHWC, got {images.dtype} {images.shape}")
+    if labels is not None and labels.shape != (len(images),):
+        raise LatentFMError(f"npz dataset {path}: {labels.shape} labels for {len(images)} images")
     images = torch.from_numpy(images[..., None] if images.ndim == 3 else images).permute(0, 3, 1, 2).contiguous()
-    if labels is None or labels.min() < 0:
+    if labels is None or not len(labels) or labels.min() < 0:
         return ImageData(images, None, 0, [])
     label_tensor = torch.from_numpy(labels.astype(np.int64))
     classes = int(label_tensor.max()) + 1

@@ -65,6 +65,18 @@ class FeatureExtractor:
             "file_format": QUANTISATION,
         }
 
+    def check_images(self, image_shape: tuple[int, ...]) -> None:
+        """Refuse images of ``[C, H, W]`` a classifier was not trained on (InceptionV3 takes any)."""
+        if self.kind != "classifier":
+            return
+        config = self.network.config
+        expected = (config["in_channels"], config["image_size"], config["image_size"])
+        if tuple(image_shape) != expected:
+            raise LatentFMError(
+                f"classifier {self.path} was trained on {'x'.join(map(str, expected))} images, not "
+                f"{'x'.join(map(str, image_shape))}"
+            )
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(features [B, D] float32, predicted classes [B] or None)`` of uint8 images ``[B, C, H, W]``."""
@@ -73,12 +85,7 @@ class FeatureExtractor:
         x = images.to(self.device).float() / 127.5 - 1.0
         if self.kind == "inception":
             return self.network.features(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).float().cpu(), None
-        expected = self.network.config["image_size"]
-        if tuple(x.shape[-2:]) != (expected, expected) or x.shape[1] != self.network.config["in_channels"]:
-            raise LatentFMError(
-                f"classifier {self.path} was trained on {self.network.config['in_channels']}x{expected}x{expected} "
-                f"images, not {tuple(x.shape[1:])}"
-            )
+        self.check_images(tuple(x.shape[1:]))
         features = self.network.features(x)
         return features.float().cpu(), self.network.head(features).argmax(1).cpu()
 

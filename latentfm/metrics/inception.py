@@ -8,6 +8,7 @@ a max instead of an average, and the classifier has 1008 outputs. Parameter name
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -190,7 +191,7 @@ def load_inception(path: str | Path) -> FIDInceptionV3:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = FIDInceptionV3()
         model.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError, KeyError, AttributeError) as error:
+    except (OSError, RuntimeError, ValueError, KeyError, AttributeError, TypeError, pickle.UnpicklingError) as error:
         reason = " ".join(str(error).split())[:200]
         raise LatentFMError(f"{path} is not the FID InceptionV3 weights file ({WEIGHTS_NAME}): {reason}") from None
     return model.eval().requires_grad_(False)

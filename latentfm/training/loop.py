@@ -274,7 +274,9 @@ class TrainingLoop:
                 if train.sample_every and self.step % train.sample_every == 0 and self.dist.is_main:
                     self.save_samples()
                 if self.eval_every and self.step % self.eval_every == 0 and self.dist.is_main:
+                    start = time.perf_counter()
                     self._append_metrics({"step": self.step, **self.evaluate()})
+                    clock += time.perf_counter() - start  # keep evaluation out of images_per_s
                 if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step != last:
                     self.save()
         except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from latentfm.image_io import save_grid
 from latentfm.models.build import build_model
 from latentfm.models.conditioning import Condition
 from latentfm.pipeline import FlowPipeline
+from latentfm.sampling import ADAPTIVE_SOLVERS
 from latentfm.seeding import derive_seed, generator
 from latentfm.training import checkpoint as ckpt
 from latentfm.training.ema import EMA
@@ -77,7 +78,7 @@ class Trainer(TrainingLoop):
     def evaluate(self) -> dict[str, Any]:
         """FD (and class accuracy) of EMA samples drawn with the ``sample`` section's solver, NFE and guidance."""
         s = self.config.sample
-        sampling = {"solver": s.solver, "nfe": s.nfe, "cfg": s.cfg}
+        sampling = {"solver": s.solver, "nfe": None if s.solver in ADAPTIVE_SOLVERS else s.nfe, "cfg": s.cfg}
         return self.evaluation(self.pipeline(), self.config.eval.samples, self.config.train.seed, sampling)
 
     def _latent_source(self, data: ImageData | None) -> tuple[Autoencoder, LatentCache | EncodedImages]:
