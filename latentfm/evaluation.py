@@ -239,6 +239,7 @@ class Evaluation:
         for network in (self.extractor, self.classifier):
             if network is not None:
                 network.check_images(self.pipe.image_shape)
+        self.record = self._run_record()
 
     def _classifier(self) -> FeatureExtractor | None:
         if self.settings.classifier:
@@ -266,7 +267,7 @@ class Evaluation:
 
     def _start(self) -> None:
         """Write ``run.json``, or check that an unfinished run in ``out`` was started with the same settings."""
-        record, path = self._run_record(), self.out / "run.json"
+        record, path = self.record, self.out / "run.json"
         if path.is_file():
             saved = json.loads(path.read_text())
             for key in record:
@@ -360,7 +361,7 @@ class Evaluation:
             },
             "reference": {"path": self.settings.reference, **self.reference.source},
             "settings": asdict(self.settings),
-            "identity": {k: v for k, v in self._run_record().items() if k.endswith(("_dir", "_sha256"))},
+            "identity": {k: v for k, v in self.record.items() if k.endswith(("_dir", "_sha256"))},
             "machine": _machine(self.dist.device),
             "world_size": self.dist.world_size,
         }

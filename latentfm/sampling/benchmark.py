@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latentfm.errors import LatentFMError
+from latentfm.metrics.latency import synchronize
 from latentfm.sampling.sample import sample
 from latentfm.sampling.search import SearchedSchedule
 from latentfm.sampling.solvers import Velocity
@@ -19,11 +20,6 @@ SOLVERS = ("euler", "heun", "heun+euler_last", "midpoint", "rk4", "ab2", "ab3", 
 SCHEDULES = ("uniform", "shift:3", "edm:7", "cosine")
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def rmse(x: torch.Tensor, reference: torch.Tensor) -> float:
     """Root mean squared difference over all elements, in float64."""
     return float((x.double() - reference.double()).square().mean().sqrt())
@@ -31,10 +27,10 @@ def rmse(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 def timed_sample(velocity: Velocity, x0: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any, float]:
     """``sample`` with the wall time it took (device synchronised at both ends)."""
-    _synchronize(x0.device)
+    synchronize(x0.device)
     start = time.perf_counter()
     x, stats = sample(velocity, x0, **kwargs)
-    _synchronize(x0.device)
+    synchronize(x0.device)
     return x, stats, time.perf_counter() - start
 
 
