@@ -110,6 +110,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
     schedule = schedule_from_text(args.schedule)
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    _fill_sampler_from_checkpoint(args)
     labels = _parse_labels(args.labels, pipe.num_classes)
     label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
     start = time.perf_counter()
@@ -142,6 +143,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
     }
     write_bytes_atomic(out / "stats.json", json.dumps(report, indent=1).encode())
     print(f"wrote {len(images)} samples ({stats.nfe} NFE, {seconds:.1f}s) to {out}/samples.png and samples.npz")
+
+
+def _fill_sampler_from_checkpoint(args: argparse.Namespace) -> None:
+    """Set the solver, NFE and guidance the command line left open to the checkpoint's ``sample`` section."""
+    from latentfm.config import config_from_dict
+    from latentfm.training.checkpoint import read_state, resolve_checkpoint
+
+    recipe = config_from_dict(read_state(resolve_checkpoint(args.checkpoint))["config"]).sample
+    args.solver = args.solver or recipe.solver
+    if args.nfe is None and args.steps is None:
+        args.nfe = recipe.nfe
+    args.cfg = recipe.cfg if args.cfg is None else args.cfg
 
 
 def _device(name: str) -> torch.device:
@@ -290,19 +303,34 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
     print("\n\n".join(sections))
 
 
-def _add_sampler_arguments(parser: argparse.ArgumentParser, solver: str) -> None:
-    """The options that pick a sampler and its noise, shared by ``sample`` and ``eval``."""
+def _add_sampler_arguments(parser: argparse.ArgumentParser, solver: str | None) -> None:
+    """The options that pick a sampler and its noise, shared by ``sample`` and ``eval``.
+
+    With ``solver`` None, the solver, NFE and guidance default to the checkpoint's ``sample`` section."""
+    checkpoint = "the checkpoint's sample section"
     parser.add_argument(
-        "--solver", default=solver, help=f"euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 (default {solver})"
+        "--solver",
+        default=solver,
+        help=f"euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 (default {solver or checkpoint})",
     )
     parser.add_argument(
         "--schedule",
         default="uniform",
         help="uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file",
     )
-    parser.add_argument("--nfe", type=int, default=8, help="velocity evaluations per sample (default 8)")
+    parser.add_argument(
+        "--nfe",
+        type=int,
+        default=None if solver is None else 8,
+        help=f"velocity evaluations per sample (default {checkpoint if solver is None else 8})",
+    )
     parser.add_argument("--steps", type=int, default=None, help="solver steps (instead of --nfe)")
-    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
+    parser.add_argument(
+        "--cfg",
+        type=float,
+        default=None if solver is None else 1.0,
+        help=f"classifier-free guidance weight, 1 = none (default {checkpoint if solver is None else 1})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the source noise (sample i uses (seed, i))")
     parser.add_argument("--batch-size", type=int, default=256, help="samples per model call")
 
@@ -351,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
     sample.add_argument("--labels", default=None, help="'all' (default), '0,3,7' or '2-5'; one grid row per label")
     sample.add_argument("--n", type=int, default=8, help="samples per label (total when unconditional)")
-    _add_sampler_arguments(sample, "heun")
+    _add_sampler_arguments(sample, None)
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sample.add_argument("--out", required=True, help="output directory")
     sample.set_defaults(run=cmd_sample)

@@ -79,17 +79,28 @@ class AutoencoderLossConfig:
 
 @dataclass
 class ModelConfig:
-    """The backbone. ``size`` picks a published DiT size (e.g. ``DiT-S/2``) and overrides the shape fields."""
+    """The backbone: ``arch`` ``dit`` or ``unet``. ``size`` picks a named size (``DiT-S/2``, ``ADM-64``, ...; see
+    ``latentfm.models.build.MODEL_SIZES``) and overrides the shape fields of its architecture."""
 
     arch: str = "dit"
     size: str | None = None
+    class_dropout: float = 0.1
+    grad_checkpointing: bool = False
+    # DiT
     patch_size: int = 2
     hidden_size: int = 384
     depth: int = 12
     num_heads: int = 6
     mlp_ratio: float = 4.0
-    class_dropout: float = 0.1
-    grad_checkpointing: bool = False
+    # UNet (ADM); attention_resolutions are feature-map widths in pixels
+    model_channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [16])
+    num_head_channels: int = 64
+    dropout: float = 0.0
+    resblock_updown: bool = False
+    channels_last: bool = False
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The command line: --help everywhere, one-line errors with exit code 2, train then sample."""
 
+import json
 import subprocess
 import sys
 
@@ -72,6 +73,38 @@ def test_sample_writes_grid_and_arrays_deterministically(trained_run, tmp_path):
     assert np.array_equal(first["images"], second["images"])  # same seed, any batch size
     assert (tmp_path / "a" / "samples.png").stat().st_size > 100
     assert '"nfe": 4' in (tmp_path / "a" / "stats.json").read_text()
+
+
+def test_sample_defaults_to_the_checkpoints_sample_section(trained_run, tmp_path):
+    from latentfm.config import config_from_dict
+    from latentfm.training.checkpoint import read_state, resolve_checkpoint
+
+    recipe = config_from_dict(read_state(resolve_checkpoint(trained_run))["config"]).sample
+    assert main(["sample", "--checkpoint", str(trained_run), "--n", "2", "--out", str(tmp_path / "a")]) == 0
+    stats = json.loads((tmp_path / "a" / "stats.json").read_text())
+    assert (stats["solver"], stats["nfe"], stats["cfg"]) == (recipe.solver, recipe.nfe, recipe.cfg)
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(trained_run),
+                "--n",
+                "2",
+                "--solver",
+                "euler",
+                "--nfe",
+                "3",
+                "--cfg",
+                "1",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
+    stats = json.loads((tmp_path / "b" / "stats.json").read_text())
+    assert (stats["solver"], stats["nfe"], stats["cfg"]) == ("euler", 3, 1.0)
 
 
 def test_sample_rejects_bad_labels(trained_run, tmp_path, capsys):

@@ -52,7 +52,9 @@ def test_bad_files(tmp_path):
         load_config(scalar)
 
 
-@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "fashion_mnist_latent", "imagenet256_dit_b2"])
+@pytest.mark.parametrize(
+    "name", ["digits", "fashion_mnist", "fashion_mnist_latent", "imagenet256_dit_b2", "imagenet256_unet_adm"]
+)
 def test_shipped_recipes_load(name):
     assert load_config(recipe_path(name)).train.steps > 0
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from latentfm.errors import LatentFMError
-from latentfm.models.conditioning import Condition
+from latentfm.models.conditioning import Condition, check_velocity_inputs, concat_input, label_embedding
 from latentfm.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d_pos_embed
 
 DIT_SIZES: dict[str, dict[str, int]] = {
@@ -195,13 +195,12 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         """Velocity ``[B, in_channels, H, W]`` at state ``x`` and time ``t`` given ``cond``."""
         cond = cond if cond is not None else Condition()
-        self._check_inputs(x, t)
+        check_velocity_inputs("DiT", x, t, (self.in_channels, self.image_size, self.image_size))
         tokens = self.x_embedder(x) + self.pos_embed
-        if self.concat_embedder is not None:
-            tokens = tokens + self.concat_embedder(self._concat_input(cond.concat, x))
-        elif cond.concat is not None:
-            raise LatentFMError("DiT: cond.concat was given but the model has concat_channels=0")
-        c = self.t_embedder(t) + self._label_embedding(cond.labels, x)
+        concat = concat_input("DiT", cond, self.concat_channels, x)
+        if concat is not None:
+            tokens = tokens + self.concat_embedder(concat)
+        c = self.t_embedder(t) + label_embedding("DiT", self.y_embedder, cond.labels, x)
         for block in self.blocks:
             tokens = self._run_block(block, tokens, c)
         out = self.unpatchify(self.final_layer(tokens, c))
@@ -212,35 +211,6 @@ class DiT(nn.Module):
         p, c, h = self.patch_size, self.out_channels, self.image_size // self.patch_size
         patches = patches.reshape(patches.shape[0], h, h, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", patches).reshape(patches.shape[0], c, h * p, h * p)
-
-    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
-        """Raise LatentFMError unless ``x`` and ``t`` have the shapes this model was built for."""
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise LatentFMError(f"DiT: x has shape {tuple(x.shape)}, expected [B, {', '.join(map(str, expected))}]")
-        if tuple(t.shape) != (x.shape[0],):
-            raise LatentFMError(f"DiT: t has shape {tuple(t.shape)}, expected [{x.shape[0]}] (one time per sample)")
-
-    def _concat_input(self, concat: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-        """The validated concat condition for input ``x``."""
-        if concat is None:
-            raise LatentFMError(f"DiT: the model has concat_channels={self.concat_channels} but cond.concat is missing")
-        expected = (x.shape[0], self.concat_channels, *x.shape[2:])
-        if tuple(concat.shape) != expected:
-            raise LatentFMError(f"DiT: cond.concat has shape {tuple(concat.shape)}, expected {expected}")
-        return concat
-
-    def _label_embedding(self, labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | float:
-        """Embedding of ``labels`` (the null label when None), or 0 for a class-free model."""
-        if self.y_embedder is None:
-            if labels is not None:
-                raise LatentFMError("DiT: cond.labels was given but the model has num_classes=0")
-            return 0.0
-        if labels is None:
-            labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-        elif tuple(labels.shape) != (x.shape[0],):
-            raise LatentFMError(f"DiT: cond.labels has shape {tuple(labels.shape)}, expected [{x.shape[0]}]")
-        return self.y_embedder(labels)
 
     def _run_block(self, block: DiTBlock, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Apply ``block``, recomputing its activations in the backward pass when checkpointing."""
