@@ -161,35 +161,53 @@ def save_class_grid(images: torch.Tensor, per_class: int, path: Path) -> None:
     save_png(make_grid(array, columns=min(10, per_class), upscale=2), path)
 
 
-def judge_all(judge: Judge, work: Path, run: Path, peer: Path, seeds: dict[tuple, list[int]], per_class: int) -> dict:
+def measure(system: str, setting: tuple, seed: int, work: Path, models: dict[str, Path], judge: Judge, per_class: int):
+    """FD, accuracy and seconds per 1,000 samples of one system, setting and noise seed; kept in
+    ``work/measurements.json`` so that a rerun measures only what is missing."""
+    cache_path = work / "measurements.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    key = f"{system}/{'_'.join(map(str, (*setting, seed)))}"
+    if key in cache:
+        return cache[key]
+    if system == "latentfm":
+        out = work / "samples" / key
+        images, labels, stats = latentfm_samples(setting, seed, models[system], out, per_class)
+        seconds, used = stats["seconds"], setting_name(stats["solver"], stats["nfe"], stats["cfg"])
+        used = f"default: {used}" if setting[0] == "default" else used
+    else:
+        images, seconds = peer_samples(models[system], *setting, seed, per_class)
+        labels, used = torch.arange(10).repeat_interleave(per_class), setting_name(*setting)
+    if setting == HEADLINE:
+        save_class_grid(images, per_class, work / f"{system}_grid_seed{seed}.png")
+    cache[key] = {"setting": used, "seed": seed, "seconds_per_1000": 1000 * seconds / len(images)}
+    cache[key].update(judge(images, labels))
+    write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+    print(system, cache[key], flush=True)
+    return cache[key]
+
+
+def judge_all(work: Path, models: dict[str, Path], judge: Judge, seeds: dict[tuple, list[int]], per_class: int):
     """Every (system, setting) row in ``seeds``: FD and accuracy per noise seed with their mean and range, and the
     sampling seconds."""
     rows = {}
     for system, settings in (("latentfm", LATENTFM_SETTINGS), ("torchcfm", PEER_SETTINGS)):
         for setting in (s for s in settings if s in seeds):
-            per_seed = []
-            for seed in seeds[setting]:
-                out = work / "samples" / system / "_".join(map(str, (*setting, seed)))
-                if system == "latentfm":
-                    images, labels, stats = latentfm_samples(setting, seed, run, out, per_class)
-                    seconds, used = stats["seconds"], setting_name(stats["solver"], stats["nfe"], stats["cfg"])
-                    used = f"default: {used}" if setting[0] == "default" else used
-                else:
-                    images, seconds = peer_samples(peer, *setting, seed, per_class)
-                    labels, used = torch.arange(10).repeat_interleave(per_class), setting_name(*setting)
-                if seed == seeds[setting][0] and setting == HEADLINE:
-                    save_class_grid(images, per_class, work / f"{system}_grid.png")
-                per_seed.append(
-                    {"seed": seed, "seconds_per_1000": 1000 * seconds / len(images), **judge(images, labels)}
-                )
-                print(system, used, per_seed[-1], flush=True)
+            per_seed = [measure(system, setting, seed, work, models, judge, per_class) for seed in seeds[setting]]
             rows[f"{system}: {setting_name(*setting)}"] = {
                 "system": system,
-                "setting": used,
+                "setting": per_seed[0]["setting"],
                 "per_seed": per_seed,
                 **{key: summarise([r[key] for r in per_seed]) for key in ("fd", "accuracy", "seconds_per_1000")},
             }
     return rows
+
+
+def real_floor(judge: Judge, dataset: str, per_class: int) -> dict[str, float]:
+    """The judge's figures of real training images (the first ``per_class`` of each class): the floor of FD at this
+    sample size, and the accuracy real data earns."""
+    data = load_data_config(dataset_config(dataset))
+    chosen = torch.cat([torch.nonzero(data.labels == c).flatten()[:per_class] for c in range(10)])
+    return judge(data.images[chosen], data.labels[chosen])
 
 
 def markdown(report: dict) -> str:
@@ -201,6 +219,7 @@ def markdown(report: dict) -> str:
         "",
         "| system | sampler | FD (mean, range) | class accuracy (mean, range) | s / 1000 samples |",
         "| --- | --- | ---: | ---: | ---: |",
+        f"| real training images | | {report['real']['fd']:.2f} | {report['real']['accuracy']:.1%} | |",
     ]
     for row in report["rows"].values():
         fd, acc, sec = row["fd"], row["accuracy"], row["seconds_per_1000"]
@@ -247,15 +266,15 @@ def main() -> None:
         "seeds": {"euler 8 NFE, guidance 2": headline, "other settings": others},
         **record,
         "samples_per_setting": 10 * args.per_class,
-        "rows": judge_all(judge, work, run, peer, seeds, args.per_class),
+        "real": real_floor(judge, args.dataset, args.per_class),
+        "rows": judge_all(work, {"latentfm": run, "torchcfm": peer}, judge, seeds, args.per_class),
     }
     stem = RESULTS / f"peer_torchcfm_{args.name}"
     write_bytes_atomic(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
     write_bytes_atomic(stem.with_suffix(".md"), markdown(report).encode())
     for system in ("latentfm", "torchcfm"):
-        write_bytes_atomic(
-            RESULTS / f"peer_torchcfm_{args.name}_{system}.png", (work / f"{system}_grid.png").read_bytes()
-        )
+        grid = (work / f"{system}_grid_seed{headline[0]}.png").read_bytes()
+        write_bytes_atomic(RESULTS / f"peer_torchcfm_{args.name}_{system}.png", grid)
     print(markdown(report))
 
 
