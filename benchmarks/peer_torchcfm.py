@@ -17,9 +17,10 @@ torchcfm is a benchmark-only extra: `pip install --no-deps torchcfm==1.0.7 pot` 
 nothing else it declares is used). Fashion-MNIST needs `apt-get install dataset-fashion-mnist`.
 
     python -m benchmarks.peer_torchcfm   # Fashion-MNIST; Euler 8 NFE guidance 2 at seeds 0,1,2, the rest at 0
-    python -m benchmarks.peer_torchcfm --name digits28 --dataset folder:runs/digits28/train \\
-        --reference folder:runs/digits28/test --reference-split train --judge runs/peer_digits28 \\
-        data.dataset=folder data.path=runs/digits28/train data.channels=1 data.hflip=false
+    python -m benchmarks.digits28_folder --out runs/digits28           # a second dataset, latentfm alone:
+    python -m benchmarks.peer_torchcfm --name digits28 --skip-peer --dataset folder:runs/digits28/train \\
+        --reference folder:runs/digits28/test --reference-split train --judge runs/peer_digits28 --seeds 0 \\
+        --other-seeds '' data.dataset=folder data.path=runs/digits28/train data.channels=1 data.hflip=false
 
 Finished runs and samples are reused. Writes benchmarks/results/peer_torchcfm_NAME.json, .md and the two sample
 grids (Euler 8 NFE, guidance 2, seed 0, ten per class).
@@ -191,6 +192,8 @@ def judge_all(work: Path, models: dict[str, Path], judge: Judge, seeds: dict[tup
     sampling seconds."""
     rows = {}
     for system, settings in (("latentfm", LATENTFM_SETTINGS), ("torchcfm", PEER_SETTINGS)):
+        if system not in models:
+            continue
         for setting in (s for s in settings if s in seeds):
             per_seed = [measure(system, setting, seed, work, models, judge, per_class) for seed in seeds[setting]]
             rows[f"{system}: {setting_name(*setting)}"] = {
@@ -214,8 +217,12 @@ def markdown(report: dict) -> str:
     """The report as a Markdown table."""
     lines = [
         f"machine: {report['machine']}; {report['threads']} threads; noise seeds {report['seeds']}",
-        f"latentfm: {report['latentfm']['seconds'] / 60:.1f} min; torchcfm: {report['torchcfm']['seconds'] / 60:.1f} "
-        f"min, {report['torchcfm']['steps']} steps, {report['torchcfm']['images_per_s']:.0f} images/s",
+        f"latentfm: {report['latentfm']['seconds'] / 60:.1f} min of `latentfm train`",
+        *(
+            [f"torchcfm: {peer['seconds'] / 60:.1f} min, {peer['steps']} steps, {peer['images_per_s']:.0f} images/s"]
+            if (peer := report.get("torchcfm"))
+            else []
+        ),
         "",
         "| system | sampler | FD (mean, range) | class accuracy (mean, range) | s / 1000 samples |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -241,6 +248,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="noise seeds of Euler 8 NFE, guidance 2")
     parser.add_argument("--other-seeds", default="0", help="noise seeds of the other settings ('' for none)")
     parser.add_argument("--per-class", type=int, default=100, help="samples per class and setting (default 100)")
+    parser.add_argument("--skip-peer", action="store_true", help="measure latentfm alone")
     parser.add_argument("overrides", nargs="*", help="overrides of the latentfm recipe, e.g. data.path=DIR")
     args = parser.parse_args()
     work = Path("runs/peer_torchcfm") / args.name
@@ -253,7 +261,8 @@ def main() -> None:
         write_bytes_atomic(record_path, json.dumps(record, indent=1).encode())
     if not list_checkpoints(run):
         raise SystemExit(f"{run} holds no checkpoint")
-    if "torchcfm" not in record:
+    models = {"latentfm": run} if args.skip_peer else {"latentfm": run, "torchcfm": peer}
+    if "torchcfm" in models and "torchcfm" not in record:
         record["torchcfm"] = train_peer(args.dataset, record["latentfm"]["seconds"], peer)
         write_bytes_atomic(record_path, json.dumps(record, indent=1).encode())
     judge = prepare_judge(Path(args.judge), args.dataset, args.reference, args.reference_split)
@@ -267,12 +276,12 @@ def main() -> None:
         **record,
         "samples_per_setting": 10 * args.per_class,
         "real": real_floor(judge, args.dataset, args.per_class),
-        "rows": judge_all(work, {"latentfm": run, "torchcfm": peer}, judge, seeds, args.per_class),
+        "rows": judge_all(work, models, judge, seeds, args.per_class),
     }
     stem = RESULTS / f"peer_torchcfm_{args.name}"
     write_bytes_atomic(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
     write_bytes_atomic(stem.with_suffix(".md"), markdown(report).encode())
-    for system in ("latentfm", "torchcfm"):
+    for system in models:
         grid = (work / f"{system}_grid_seed{headline[0]}.png").read_bytes()
         write_bytes_atomic(RESULTS / f"peer_torchcfm_{args.name}_{system}.png", grid)
     print(markdown(report))

@@ -144,3 +144,14 @@ def test_gpu_recipe_builds_lfm_imagenet_adm() -> None:
     with torch.device("meta"):
         model = build_model(config.model, 4, 32, 1000)
     assert sum(p.numel() for p in model.parameters()) == 407_420_420 + 1024  # + the null label's row
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import latentfm.models.build
+    import latentfm.models.unet
+
+    for module in (latentfm.models.unet, latentfm.models.build):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
