@@ -107,7 +107,7 @@ def test_shape_errors_name_the_setting() -> None:
 
 
 def test_config_selects_the_architecture_and_named_sizes() -> None:
-    config = load_config("configs/fashion_mnist.yaml")
+    config = load_config(recipe_path("fashion_mnist"))
     model = build_model(config.model, 1, 28, 10)
     assert isinstance(model, UNet) and model.num_classes == 10
     config = load_config(None, ["model.arch=unet", "model.size=UNet-XS"])
