@@ -115,7 +115,14 @@ class EmbeddingSequential(nn.Sequential):
         return x
 
 
-def _check_config(image_size: int, channel_mult: tuple[int, ...], widths: list[int], groups: int, heads_of) -> None:
+def attention_heads(width: int, head_channels: int) -> int:
+    """Heads of ``head_channels`` channels in a feature map of ``width`` channels (at least one)."""
+    return max(1, width // head_channels)
+
+
+def _check_config(
+    image_size: int, channel_mult: tuple[int, ...], widths: list[int], groups: int, head_channels: int
+) -> None:
     """Raise LatentFMError for a UNet shape that cannot work."""
     factor = 2 ** (len(channel_mult) - 1)
     if not channel_mult or image_size % factor != 0:
@@ -126,8 +133,9 @@ def _check_config(image_size: int, channel_mult: tuple[int, ...], widths: list[i
     for width in widths:
         if width % groups != 0:
             raise LatentFMError(f"UNet: width {width} is not divisible by norm_groups {groups}; change model_channels")
-        if width % heads_of(width) != 0:
-            raise LatentFMError(f"UNet: width {width} is not divisible into {heads_of(width)} attention heads")
+        heads = attention_heads(width, head_channels)
+        if width % heads != 0:
+            raise LatentFMError(f"UNet: width {width} is not divisible into {heads} attention heads")
 
 
 class UNet(nn.Module):
@@ -171,8 +179,7 @@ class UNet(nn.Module):
         super().__init__()
         channel_mult = tuple(channel_mult)
         widths = [model_channels * mult for mult in channel_mult]
-        self.num_head_channels = num_head_channels
-        _check_config(image_size, channel_mult, widths, norm_groups, self._heads)
+        _check_config(image_size, channel_mult, widths, norm_groups, num_head_channels)
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.image_size = image_size
@@ -188,7 +195,7 @@ class UNet(nn.Module):
             return ResBlock(cin, emb, cout, dropout, norm_groups, resample)
 
         def attention(width: int) -> SelfAttention:
-            return SelfAttention(width, self._heads(width), norm_groups)
+            return SelfAttention(width, attention_heads(width, num_head_channels), norm_groups)
 
         width = widths[0]
         self.input_conv = nn.Conv2d(in_channels, width, 3, padding=1)
@@ -226,9 +233,6 @@ class UNet(nn.Module):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         if channels_last:
             self.to(memory_format=torch.channels_last)
-
-    def _heads(self, width: int) -> int:
-        return max(1, width // self.num_head_channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         """Velocity ``[B, in_channels, H, W]`` at state ``x`` and time ``t`` given ``cond``."""
