@@ -18,8 +18,8 @@ nothing else it declares is used). Fashion-MNIST needs `apt-get install dataset-
 
     python -m benchmarks.peer_torchcfm   # Fashion-MNIST; Euler 8 NFE guidance 2 at seeds 0,1,2, the rest at 0
     python -m benchmarks.digits28_folder --out runs/digits28           # a second dataset, latentfm alone:
-    python -m benchmarks.peer_torchcfm --name digits28 --skip-peer --dataset folder:runs/digits28/train \\
-        --reference folder:runs/digits28/test --reference-split train --judge runs/peer_digits28 --seeds 0 \\
+    python -m benchmarks.peer_torchcfm --name digits28 --skip-peer --dataset runs/digits28/train.yaml \\
+        --reference runs/digits28/test.yaml --reference-split train --judge runs/peer_digits28 --seeds 0 \\
         --other-seeds '' data.dataset=folder data.path=runs/digits28/train data.channels=1 data.hflip=false
 
 Finished runs and samples are reused. Writes benchmarks/results/peer_torchcfm_NAME.json, .md and the two sample
