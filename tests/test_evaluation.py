@@ -131,7 +131,8 @@ def test_torchrun_shards_equal_one_process(setup, tmp_path):
         np.testing.assert_array_equal(one["features"], two["features"])
         np.testing.assert_array_equal(one["predictions"], two["predictions"])
     reports = [json.loads((d / "report.json").read_text())["metrics"] for d in (single, tmp_path / "two")]
-    assert reports[0] == reports[1]
+    # Equal features; the float64 metrics may differ in the last bit because torchrun ranks run BLAS with one thread.
+    assert reports[0] == pytest.approx(reports[1], rel=1e-12, abs=0)
 
 
 def test_dataset_names_and_npz_datasets(tmp_path, setup):
