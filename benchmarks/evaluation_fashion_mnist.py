@@ -23,9 +23,9 @@ from pathlib import Path
 
 from latentfm import cli
 from latentfm.atomic import write_bytes_atomic
+from latentfm.bench.plot import save_line_chart
 from latentfm.evaluation import distribution_metrics
 from latentfm.metrics.reference import load_reference
-from latentfm.plot import save_line_chart
 
 RESULTS = Path(__file__).parent / "results" / "evaluation_fashion_mnist"
 WORK = Path("runs/evaluation_fashion_mnist")

@@ -22,12 +22,12 @@ import torch
 
 from latentfm import cli
 from latentfm.atomic import write_bytes_atomic
+from latentfm.checkpoint import list_checkpoints
 from latentfm.config import Config, load_config, recipe_path
 from latentfm.data import load_dataset
 from latentfm.image_io import save_grid
 from latentfm.metrics.classifier import accuracy, train_classifier
 from latentfm.pipeline import FlowPipeline
-from latentfm.training.checkpoint import list_checkpoints
 from latentfm.training.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"

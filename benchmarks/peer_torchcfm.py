@@ -43,13 +43,13 @@ from safetensors.torch import load_file, save_file
 
 from benchmarks.judge import Judge, prepare_judge, run_cli
 from latentfm.atomic import atomic_file, write_bytes_atomic
+from latentfm.checkpoint import list_checkpoints
+from latentfm.condition import Condition
 from latentfm.data import dataset_config, load_data_config
 from latentfm.image_io import make_grid, save_png
 from latentfm.metrics.features import quantise
-from latentfm.models.conditioning import Condition
 from latentfm.sampling import GuidedVelocity, sample
 from latentfm.seeding import source_noise
-from latentfm.training.checkpoint import list_checkpoints
 
 RESULTS = Path(__file__).parent / "results"
 PEER_SETTINGS = [("euler", 8, 1.0), ("euler", 8, 2.0), ("midpoint", 8, 1.0), ("midpoint", 8, 2.0)]

@@ -18,10 +18,10 @@ import time
 
 import torch
 
+from latentfm.condition import Condition
 from latentfm.config import load_config
 from latentfm.data import ImageData
 from latentfm.flow import LinearPath, flow_matching_loss
-from latentfm.models.conditioning import Condition
 from latentfm.training.ema import EMA
 from latentfm.training.trainer import Trainer
 

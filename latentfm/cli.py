@@ -41,7 +41,7 @@ def _parse_labels(text: str | None, num_classes: int) -> list[int] | None:
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a flow model from a YAML config plus overrides."""
     from latentfm.config import load_config
-    from latentfm.training.distributed import teardown_distributed
+    from latentfm.distributed import teardown_distributed
     from latentfm.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
@@ -58,9 +58,8 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
     from latentfm.autoencoders.kl import load_kl_autoencoder
     from latentfm.config import AutoencoderRunConfig, load_config
     from latentfm.data import load_data_config
-    from latentfm.metrics.reconstruction import reconstruction_psnr
-    from latentfm.training.autoencoder_trainer import AutoencoderTrainer
-    from latentfm.training.distributed import teardown_distributed
+    from latentfm.distributed import teardown_distributed
+    from latentfm.training.autoencoder_trainer import AutoencoderTrainer, reconstruction_psnr
 
     config = load_config(args.config, args.overrides, cls=AutoencoderRunConfig)
     try:
@@ -82,7 +81,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     """Encode a config's dataset with its autoencoder into a latent cache (resumable; shards across torchrun ranks)."""
     from latentfm.config import load_config
     from latentfm.data.latent_cache import build_cache
-    from latentfm.training.distributed import teardown_distributed
+    from latentfm.distributed import teardown_distributed
 
     config = load_config(args.config, args.overrides)
     try:
@@ -147,8 +146,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def _fill_sampler_from_checkpoint(args: argparse.Namespace) -> None:
     """Set the solver, NFE and guidance the command line left open to the checkpoint's ``sample`` section."""
+    from latentfm.checkpoint import read_state, resolve_checkpoint
     from latentfm.config import config_from_dict
-    from latentfm.training.checkpoint import read_state, resolve_checkpoint
 
     recipe = config_from_dict(read_state(resolve_checkpoint(args.checkpoint))["config"]).sample
     args.solver = args.solver or recipe.solver
@@ -158,7 +157,7 @@ def _fill_sampler_from_checkpoint(args: argparse.Namespace) -> None:
 
 
 def _device(name: str) -> torch.device:
-    from latentfm.training.distributed import resolve_device
+    from latentfm.distributed import resolve_device
 
     return resolve_device(name)
 
@@ -229,8 +228,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     """Generate samples from a checkpoint (sharded across torchrun ranks, resumable), compute FD, KID,
     precision/recall and class accuracy against reference statistics, measure latency, write OUT/report.json
     and OUT/report.md."""
+    from latentfm.distributed import teardown_distributed
     from latentfm.evaluation import EvalSettings, Evaluation
-    from latentfm.training.distributed import teardown_distributed
 
     fields = set(EvalSettings.__dataclass_fields__)
     settings = EvalSettings(**{k: v for k, v in vars(args).items() if k in fields})
@@ -279,7 +278,7 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
     """Endpoint RMSE and wall time against NFE for every solver and schedule: on an analytic Gaussian
     mixture, and on a checkpoint when one is given. Writes OUT/solvers.json, OUT/solvers.md and a plot per part."""
     from latentfm.atomic import write_bytes_atomic
-    from latentfm.sampling.benchmark import checkpoint_bench, markdown_table, mixture_bench, plot_rows
+    from latentfm.bench.solvers import checkpoint_bench, markdown_table, mixture_bench, plot_rows
 
     nfes, search_nfes = _int_list(args.nfe, "--nfe"), _int_list(args.search_nfe, "--search-nfe")
     if not args.mixture and not args.checkpoint:

@@ -24,8 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from latentfm.atomic import write_bytes_atomic
-from latentfm.autoencoders.base import weights_sha256
+from latentfm.checkpoint import weights_sha256
 from latentfm.data import ImageData
+from latentfm.distributed import barrier, setup_distributed
 from latentfm.errors import LatentFMError
 from latentfm.image_io import save_grid
 from latentfm.metrics.features import FeatureExtractor, load_features, quantise
@@ -36,7 +37,6 @@ from latentfm.metrics.precision_recall import precision_recall
 from latentfm.metrics.reference import ReferenceStats, check_protocol, load_reference
 from latentfm.pipeline import FlowPipeline
 from latentfm.sampling import ADAPTIVE_SOLVERS, schedule_from_text
-from latentfm.training.distributed import barrier, setup_distributed
 
 KEEP_FEATURES = 10_000  # features kept per set for KID and precision/recall: a seeded random subset
 FEATURE_BATCH = 256

@@ -12,14 +12,14 @@ from tqdm.auto import tqdm
 
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity
+from latentfm.checkpoint import read_state, read_tensors, resolve_checkpoint
+from latentfm.condition import Condition
 from latentfm.config import config_from_dict
 from latentfm.errors import LatentFMError
 from latentfm.models.build import build_model
-from latentfm.models.conditioning import Condition
 from latentfm.sampling import ADAPTIVE_SOLVERS, GuidedVelocity, SampleStats, SearchedSchedule, sample
 from latentfm.sampling.schedules import Schedule
 from latentfm.seeding import source_noise
-from latentfm.training.checkpoint import read_state, read_tensors, resolve_checkpoint
 
 
 def _check_autoencoder(autoencoder: Autoencoder, kind: str, trained_with: dict | None, directory: Path) -> None:

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from latentfm import checkpoint as ckpt
 from latentfm.autoencoders import build_autoencoder
 from latentfm.autoencoders.kl import KLAutoencoder, kl_divergence
 from latentfm.cli import main
 from latentfm.config import AutoencoderRunConfig, KLModelConfig, load_config
 from latentfm.errors import LatentFMError
-from latentfm.training import checkpoint as ckpt
 from latentfm.training.autoencoder_trainer import AutoencoderTrainer
 
 from .conftest import run_torchrun

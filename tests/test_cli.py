@@ -76,8 +76,8 @@ def test_sample_writes_grid_and_arrays_deterministically(trained_run, tmp_path):
 
 
 def test_sample_defaults_to_the_checkpoints_sample_section(trained_run, tmp_path):
+    from latentfm.checkpoint import read_state, resolve_checkpoint
     from latentfm.config import config_from_dict
-    from latentfm.training.checkpoint import read_state, resolve_checkpoint
 
     recipe = config_from_dict(read_state(resolve_checkpoint(trained_run))["config"]).sample
     assert main(["sample", "--checkpoint", str(trained_run), "--n", "2", "--out", str(tmp_path / "a")]) == 0

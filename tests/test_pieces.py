@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from latentfm import checkpoint as ckpt
 from latentfm.atomic import atomic_directory, write_bytes_atomic
 from latentfm.autoencoders import LatentNorm, build_autoencoder
 from latentfm.errors import LatentFMError
 from latentfm.image_io import make_grid, to_uint8
 from latentfm.seeding import derive_seed, source_noise
-from latentfm.training import checkpoint as ckpt
 from latentfm.training.ema import EMA
 
 

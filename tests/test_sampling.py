@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from latentfm.condition import Condition
 from latentfm.errors import LatentFMError
-from latentfm.models.conditioning import Condition
 from latentfm.sampling import GuidedVelocity, sample, time_grid
 
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from latentfm import checkpoint as ckpt
 from latentfm.config import load_config
 from latentfm.errors import LatentFMError
 from latentfm.pipeline import FlowPipeline
-from latentfm.training import checkpoint as ckpt
 from latentfm.training.loop import learning_rate
 from latentfm.training.trainer import Trainer
 

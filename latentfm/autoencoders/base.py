@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from latentfm.checkpoint import weights_sha256
 from latentfm.errors import LatentFMError
 
 
@@ -76,17 +76,6 @@ class LatentNorm:
     def estimate(cls, latents: Iterable[torch.Tensor], mode: str = "channel") -> LatentNorm:
         """The normalisation of ``mode`` estimated from a stream of latent batches (see ``from_moments``)."""
         return cls.from_moments(*cls.moments(latents), mode)
-
-
-def weights_sha256(module: object) -> str:
-    """A hash of a module's tensors (names, dtypes, shapes, values); the same weights give the same hash."""
-    digest = hashlib.sha256()
-    state = module.state_dict() if isinstance(module, torch.nn.Module) else {}
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def check_image_size(image_shape: tuple[int, ...], autoencoder: Autoencoder) -> None:

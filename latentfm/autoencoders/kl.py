@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from latentfm.checkpoint import read_state, read_tensors, resolve_checkpoint
 from latentfm.config import AutoencoderRunConfig, KLModelConfig, config_from_dict
 from latentfm.errors import LatentFMError
-from latentfm.training.checkpoint import read_state, read_tensors, resolve_checkpoint
 
 
 class ResnetBlock(nn.Module):

@@ -27,9 +27,9 @@ from latentfm.autoencoders import build_autoencoder
 from latentfm.autoencoders.base import Autoencoder, LatentNorm, autoencoder_identity, check_image_size
 from latentfm.config import Config
 from latentfm.data.images import ImageData, load_data_config
+from latentfm.distributed import barrier, setup_distributed
 from latentfm.errors import LatentFMError
 from latentfm.seeding import derive_seed
-from latentfm.training.distributed import barrier, setup_distributed
 
 FORMAT = "latentfm-latent-cache/1"
 MANIFEST = "manifest.json"

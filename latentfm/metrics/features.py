@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentfm.autoencoders.base import weights_sha256
+from latentfm.checkpoint import weights_sha256
 from latentfm.errors import LatentFMError
 from latentfm.metrics.classifier import SmallClassifier, load_classifier
 from latentfm.metrics.inception import FEATURE_DIM, INPUT_SIZE, load_inception

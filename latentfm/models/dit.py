@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from latentfm.condition import Condition
 from latentfm.errors import LatentFMError
-from latentfm.models.conditioning import Condition, check_velocity_inputs, concat_input, label_embedding
+from latentfm.models.conditioning import check_velocity_inputs, concat_input, label_embedding
 from latentfm.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d_pos_embed
 
 DIT_SIZES: dict[str, dict[str, int]] = {

@@ -2,9 +2,10 @@
 point ``sample``."""
 
 from latentfm.sampling.guidance import GuidedVelocity
+from latentfm.sampling.program import SearchedSchedule, load_schedule, schedule_from_text
 from latentfm.sampling.sample import ADAPTIVE_SOLVERS, SampleStats, sample
 from latentfm.sampling.schedules import time_grid
-from latentfm.sampling.search import SearchedSchedule, load_schedule, schedule_from_text, search_schedule
+from latentfm.sampling.search import search_schedule
 from latentfm.sampling.solvers import FIXED_SOLVERS, integrate, rules_nfe
 
 __all__ = [

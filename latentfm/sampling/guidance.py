@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentfm.models.conditioning import Condition
+from latentfm.condition import Condition
 
 
 class GuidedVelocity:

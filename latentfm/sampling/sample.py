@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from latentfm.errors import LatentFMError
+from latentfm.sampling.program import SearchedSchedule
 from latentfm.sampling.schedules import Schedule, explicit_steps, time_grid
-from latentfm.sampling.search import SearchedSchedule
 from latentfm.sampling.solvers import FIXED_SOLVERS, Velocity, integrate, rules_nfe, solver_rules
 
 ADAPTIVE_SOLVERS = ("dopri5",)

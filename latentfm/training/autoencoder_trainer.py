@@ -12,12 +12,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from latentfm.autoencoders import Autoencoder
 from latentfm.autoencoders.kl import KLAutoencoder, PatchDiscriminator, kl_divergence
 from latentfm.config import AutoencoderRunConfig
 from latentfm.data import ImageData, load_data_config
 from latentfm.errors import LatentFMError
 from latentfm.image_io import save_grid
+from latentfm.metrics.reconstruction import psnr_8bit
 from latentfm.seeding import derive_seed, generator
 from latentfm.training.ema import EMA
 from latentfm.training.loop import INIT, MODEL, NOISE, TrainingLoop
@@ -144,3 +147,21 @@ class AutoencoderTrainer(TrainingLoop):
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_grid(torch.cat([images, reconstructions]).cpu(), path, columns=PREVIEW_IMAGES)
         return path
+
+
+@torch.no_grad()
+def reconstruction_psnr(
+    autoencoder: Autoencoder,
+    data: ImageData,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+    progress: bool = False,
+) -> float:
+    """Mean 8-bit PSNR of ``decode(encode(x))`` over the first ``limit`` images of ``data`` (all by default)."""
+    total = min(len(data), limit or len(data))
+    values = []
+    for start in tqdm(range(0, total, batch_size), desc="reconstructing", disable=not progress):
+        images, _ = data.batch(torch.arange(start, min(start + batch_size, total)), device=device)
+        values.append(psnr_8bit(images.cpu(), autoencoder.decode(autoencoder.encode(images)).float().cpu()))
+    return float(torch.cat(values).mean())

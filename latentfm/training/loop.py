@@ -20,11 +20,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from latentfm import __version__
+from latentfm import checkpoint as ckpt
 from latentfm.config import OptimConfig, config_from_dict, config_to_dict
+from latentfm.distributed import barrier, mean_across_ranks, setup_distributed
 from latentfm.errors import LatentFMError
 from latentfm.seeding import generator
-from latentfm.training import checkpoint as ckpt
-from latentfm.training.distributed import barrier, mean_across_ranks, setup_distributed
 
 # Independent random streams, each seeded from (train.seed, stream, ...).
 ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE = range(7)

@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from latentfm import checkpoint as ckpt
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity, latent_norm_for
+from latentfm.condition import Condition
 from latentfm.config import Config
 from latentfm.data import EncodedImages, ImageData, LatentCache, load_data_config
 from latentfm.data.latent_cache import check_cache_autoencoder
@@ -21,11 +23,9 @@ from latentfm.evaluation import TrainingEvaluation
 from latentfm.flow import build_path, build_time_sampler, flow_matching_loss
 from latentfm.image_io import save_grid
 from latentfm.models.build import build_model
-from latentfm.models.conditioning import Condition
 from latentfm.pipeline import FlowPipeline
 from latentfm.sampling import ADAPTIVE_SOLVERS
 from latentfm.seeding import derive_seed, generator
-from latentfm.training import checkpoint as ckpt
 from latentfm.training.ema import EMA
 from latentfm.training.loop import ENCODE, INIT, MODEL, NOISE, NORM, TrainingLoop
 

@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 
 from latentfm.errors import LatentFMError
 from latentfm.metrics.latency import synchronize
+from latentfm.sampling.program import SearchedSchedule
 from latentfm.sampling.sample import sample
-from latentfm.sampling.search import SearchedSchedule
 from latentfm.sampling.solvers import Velocity
 
 NFES = (4, 6, 8, 10, 16, 32)
@@ -155,7 +155,7 @@ def checkpoint_bench(
 
 def plot_rows(rows: list[dict[str, Any]], path: str, title: str, schedule: str = "uniform") -> None:
     """RMSE against the NFE spent, one line per solver on ``schedule``, plus the searched schedules."""
-    from latentfm.plot import save_line_chart
+    from latentfm.bench.plot import save_line_chart
 
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:

@@ -5,6 +5,7 @@ Layout: ``RUN/checkpoints/step_00001000/{model,ema,optimizer}.safetensors`` and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -117,3 +118,14 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints of a run."""
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def weights_sha256(module: object) -> str:
+    """A hash of a module's tensors (names, dtypes, shapes, values); the same weights give the same hash."""
+    digest = hashlib.sha256()
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else {}
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
