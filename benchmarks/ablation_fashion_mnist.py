@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.judge import prepare_judge, run_cli
 from latentfm.atomic import write_bytes_atomic
-from latentfm.metrics.features import quantise
+from latentfm.image_io import quantise
 from latentfm.pipeline import FlowPipeline
 
 RESULTS = Path(__file__).parent / "results" / "ablation_fashion_mnist.json"

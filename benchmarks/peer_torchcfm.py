@@ -44,10 +44,10 @@ from safetensors.torch import load_file, save_file
 from benchmarks.judge import Judge, prepare_judge, run_cli
 from latentfm.atomic import atomic_file, write_bytes_atomic
 from latentfm.checkpoint import list_checkpoints
+from latentfm.cli import dataset_config
 from latentfm.condition import Condition
-from latentfm.data import dataset_config, load_data_config
-from latentfm.image_io import make_grid, save_png
-from latentfm.metrics.features import quantise
+from latentfm.data import load_data_config
+from latentfm.image_io import make_grid, quantise, save_png
 from latentfm.sampling import GuidedVelocity, sample
 from latentfm.seeding import source_noise
 

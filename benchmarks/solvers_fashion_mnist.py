@@ -62,13 +62,13 @@ def main() -> None:
         return {"nfe": stats.nfe, "accuracy": accuracy(classifier, images, labels), "seconds": round(seconds, 2)}
 
     report: dict = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", **vars(args)}
-    report["reference"] = judged(solver="dopri5", nfe=None, rtol=1e-6, atol=1e-6)
+    report["reference"] = judged(solver="dopri5", options={"rtol": 1e-6, "atol": 1e-6})
     rows = []
     for solver in SOLVERS:
         name, skip_last = solver.removesuffix("+euler_last"), solver.endswith("+euler_last")
         for nfe in NFES:
             try:
-                rows.append({"solver": solver, "budget": nfe, **judged(solver=name, nfe=nfe, skip_last=skip_last)})
+                rows.append({"solver": solver, "budget": nfe, **judged(solver=name, nfe=nfe, options={"skip_last": skip_last})})
             except LatentFMError as error:  # a budget below the solver's minimum
                 print(f"{solver} at {nfe}: {error}")
     if args.schedule:

@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors weights (model, EMA, optimizer separately) plus a JSON state, written atomically.
+"""Checkpoints: safetensors weights (model, EMA, optimizer separately) plus a typed JSON state, written
+atomically. This module alone writes and reads ``state.json``; no pickle ever runs.
 
 Layout: ``RUN/checkpoints/step_00001000/{model,ema,optimizer}.safetensors`` and ``state.json``.
 """
@@ -9,6 +10,7 @@ import hashlib
 import json
 import re
 import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,44 @@ from latentfm.atomic import atomic_directory
 from latentfm.errors import LatentFMError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+MADE_BY = {"flow": "train", "autoencoder": "train-autoencoder"}
+KINDS = tuple(MADE_BY)
+_KIND_OF_0_1 = {None: "flow", "kl_autoencoder": "autoencoder"}  # 0.1 wrote no kind for flow runs
+
+
+@dataclass
+class DataShapes:
+    """The shapes a checkpoint's model was trained on."""
+
+    image_shape: list[int]
+    latent_shape: list[int]
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckpointState:
+    """The JSON part of a checkpoint: plain numbers, strings and lists only.
+
+    ``latent_norm`` (``shift``, ``scale``) and ``autoencoder`` (the weights identity the latents were made with)
+    belong to flow checkpoints; their owners build themselves from these values.
+    """
+
+    kind: str
+    step: int
+    config: dict[str, Any]
+    data: DataShapes
+    version: str = ""
+    latent_norm: dict[str, list[float]] | None = None
+    autoencoder: dict[str, Any] | None = None
+    param_groups: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise LatentFMError(f"checkpoint kind {self.kind!r} is unknown; this latentfm reads {', '.join(KINDS)}")
+        if isinstance(self.data, dict):
+            self.data = DataShapes(**self.data)
 
 
 def _cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -49,31 +89,28 @@ def save_checkpoint(
     directory: Path,
     weights: dict[str, dict[str, torch.Tensor]],
     optimizers: dict[str, dict[str, Any]],
-    state: dict[str, Any],
+    state: CheckpointState,
 ) -> None:
     """Write one checkpoint directory atomically (it appears complete or not at all).
 
     Each entry of ``weights`` (e.g. ``model``, ``ema``) and ``optimizers`` (e.g. ``optimizer``) becomes
-    ``NAME.safetensors``; optimizer param groups go to ``state["param_groups"][NAME]``.
+    ``NAME.safetensors``; optimizer param groups go to ``state.param_groups[NAME]``.
     """
-    state = dict(state, param_groups={})
+    values = asdict(state)
+    values["param_groups"] = {}
     with atomic_directory(directory) as tmp:
         for name, tensors in weights.items():
             save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
         for name, optimizer_state in optimizers.items():
             tensors, groups = optimizer_to_tensors(optimizer_state)
             save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
-            state["param_groups"][name] = groups
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+            values["param_groups"][name] = groups
+        (tmp / "state.json").write_text(json.dumps(values, indent=1))
 
 
 def read_optimizer(directory: Path, name: str = "optimizer") -> dict[str, Any]:
     """An optimizer state dict saved by ``save_checkpoint`` under ``name``."""
-    state = read_state(directory)
-    if "param_groups" not in state:  # checkpoints of latentfm before 0.1's latent-space work
-        return optimizer_from_tensors(read_tensors(directory, name), state["optimizer_param_groups"])
-    groups = state["param_groups"][name]
-    return optimizer_from_tensors(read_tensors(directory, name), groups)
+    return optimizer_from_tensors(read_tensors(directory, name), read_state(directory).param_groups[name])
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -96,13 +133,29 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
-def read_state(directory: Path) -> dict[str, Any]:
-    """The JSON state of a checkpoint."""
+def read_state(directory: Path, kind: str | None = None) -> CheckpointState:
+    """The typed state of a checkpoint (0.1 checkpoints included), refused when it is not of ``kind``."""
     path = Path(directory) / "state.json"
     try:
-        return json.loads(path.read_text())
+        values = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise LatentFMError(f"cannot read checkpoint state {path}: {error}") from None
+    if not isinstance(values, dict):
+        raise LatentFMError(f"{path} is not a latentfm checkpoint state")
+    values["kind"] = _KIND_OF_0_1.get(values.get("kind"), values.get("kind"))
+    if "optimizer_param_groups" in values:  # before 0.1's latent-space work: one optimizer
+        values["param_groups"] = {"optimizer": values.pop("optimizer_param_groups")}
+    known = {f.name for f in fields(CheckpointState)}
+    try:
+        state = CheckpointState(**{key: value for key, value in values.items() if key in known})
+    except TypeError as error:
+        raise LatentFMError(f"{path} is not a latentfm checkpoint state: {error}") from None
+    if kind is not None and state.kind != kind:
+        raise LatentFMError(
+            f"{Path(directory)} is a checkpoint of kind {state.kind!r}, expected {kind!r}: "
+            f"give one that `latentfm {MADE_BY[kind]}` wrote"
+        )
+    return state
 
 
 def read_tensors(directory: Path, name: str) -> dict[str, torch.Tensor]:

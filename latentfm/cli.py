@@ -1,5 +1,5 @@
-"""The ``latentfm`` command: train, train-autoencoder, encode, sample, search-schedule, bench, train-classifier,
-stats, eval and demo.
+"""The ``latentfm`` command: it only parses arguments and wires the library together; every result is written
+by the module that owns it.
 
 Every problem a user can fix is one line on stderr and exit code 2, never a traceback.
 """
@@ -7,14 +7,23 @@ Every problem a user can fix is one line on stderr and exit code 2, never a trac
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from latentfm.errors import LatentFMError
+
+if TYPE_CHECKING:
+    from latentfm.config import DataConfig
+    from latentfm.sampling import SamplerSettings
+
+DESCRIPTION = (
+    "Train flow-matching image models in an autoencoder's latent space (or on pixels), sample them fast and "
+    "measure them. Run `latentfm COMMAND --help` for a command's options."
+)
 
 
 def _parse_labels(text: str | None, num_classes: int) -> list[int] | None:
@@ -38,15 +47,38 @@ def _parse_labels(text: str | None, num_classes: int) -> list[int] | None:
     return labels
 
 
+def dataset_config(spec: str, split: str | None = None, image_size: int | None = None) -> DataConfig:
+    """The ``DataConfig`` a command-line ``--dataset`` names: ``digits``, ``fashion_mnist`` (the Debian IDX
+    files), ``idx:DIR``, ``folder:DIR``, ``npz:FILE``, or a YAML config file (its ``data`` section)."""
+    from latentfm.config import DataConfig, load_config
+    from latentfm.data.images import DEFAULT_IDX_PATH
+
+    if spec.endswith((".yaml", ".yml")):
+        data = load_config(spec).data
+    elif spec in ("digits", "fashion_mnist"):
+        data = DataConfig(dataset="digits") if spec == "digits" else DataConfig(dataset="idx", path=DEFAULT_IDX_PATH)
+    elif spec.partition(":")[0] in ("idx", "folder", "npz") and spec.partition(":")[2]:
+        kind, _, path = spec.partition(":")
+        data = DataConfig(dataset=kind, path=path)
+    else:
+        raise LatentFMError(
+            f"--dataset {spec!r}: use digits, fashion_mnist, idx:DIR, folder:DIR, npz:FILE or a YAML config"
+        )
+    data.split = split or data.split
+    data.image_size = image_size or data.image_size
+    return data
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a flow model from a YAML config plus overrides."""
     from latentfm.config import load_config
     from latentfm.distributed import teardown_distributed
+    from latentfm.evaluation import training_evaluation
     from latentfm.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
     try:
-        checkpoint = Trainer(config).run()
+        checkpoint = Trainer(config, make_evaluation=training_evaluation(config.eval)).run()
         print(f"checkpoint: {checkpoint}")
     finally:
         teardown_distributed()
@@ -54,12 +86,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_train_autoencoder(args: argparse.Namespace) -> None:
     """Train a KL autoencoder from a YAML config plus overrides, then report its test PSNR."""
-    from latentfm.atomic import write_bytes_atomic
-    from latentfm.autoencoders.kl import load_kl_autoencoder
     from latentfm.config import AutoencoderRunConfig, load_config
-    from latentfm.data import load_data_config
     from latentfm.distributed import teardown_distributed
-    from latentfm.training.autoencoder_trainer import AutoencoderTrainer, reconstruction_psnr
+    from latentfm.training.autoencoder_trainer import AutoencoderTrainer
 
     config = load_config(args.config, args.overrides, cls=AutoencoderRunConfig)
     try:
@@ -67,12 +96,8 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
         checkpoint = trainer.run()
         print(f"checkpoint: {checkpoint}")
         if trainer.dist.is_main and args.eval_split != "none":
-            data = load_data_config(config.data, args.eval_split)
-            autoencoder = load_kl_autoencoder(checkpoint).to(trainer.device)
-            psnr = reconstruction_psnr(autoencoder, data, device=trainer.device, progress=True)
-            report = {"checkpoint": str(checkpoint), "split": args.eval_split, "images": len(data), "psnr_db": psnr}
-            write_bytes_atomic(trainer.run_dir / "eval.json", json.dumps(report, indent=1).encode())
-            print(f"{args.eval_split} PSNR (8-bit, EMA weights, {len(data)} images): {psnr:.2f} dB")
+            report = trainer.evaluate_reconstruction(checkpoint, args.eval_split)
+            print(f"{args.eval_split} PSNR (8-bit, EMA weights, {report['images']} images): {report['psnr_db']:.2f} dB")
     finally:
         teardown_distributed()
 
@@ -80,7 +105,7 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
 def cmd_encode(args: argparse.Namespace) -> None:
     """Encode a config's dataset with its autoencoder into a latent cache (resumable; shards across torchrun ranks)."""
     from latentfm.config import load_config
-    from latentfm.data.latent_cache import build_cache
+    from latentfm.data.latent_cache_writer import build_cache
     from latentfm.distributed import teardown_distributed
 
     config = load_config(args.config, args.overrides)
@@ -100,60 +125,33 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     """Generate images from a checkpoint into OUT/samples.png, OUT/samples.npz and OUT/stats.json."""
-    from latentfm.atomic import write_bytes_atomic
-    from latentfm.image_io import write_samples
-    from latentfm.pipeline import FlowPipeline
-    from latentfm.sampling import schedule_from_text
+    from latentfm.pipeline import FlowPipeline, save_samples
 
     if args.n < 1:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
-    schedule = schedule_from_text(args.schedule)
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
-    _fill_sampler_from_checkpoint(args)
+    settings = _sampler_settings(args, pipe.sampler)
     labels = _parse_labels(args.labels, pipe.num_classes)
     label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
     start = time.perf_counter()
     images, stats = pipe.generate(
-        label_tensor,
-        n=args.n,
-        seed=args.seed,
-        solver=args.solver,
-        nfe=args.nfe if args.steps is None and isinstance(schedule, str) and args.solver != "dopri5" else None,
-        steps=args.steps,
-        cfg=args.cfg,
-        batch_size=args.batch_size,
-        progress=True,
-        schedule=schedule,
+        label_tensor, n=args.n, seed=args.seed, settings=settings, batch_size=args.batch_size, progress=True
     )
     seconds = time.perf_counter() - start
     out = Path(args.out)
-    write_samples(out, images, label_tensor, columns=args.n if labels else min(args.n, 16))
-    report = {
-        "checkpoint": str(args.checkpoint),
-        "seed": args.seed,
-        "solver": stats.solver,
-        "schedule": args.schedule,
-        "steps": stats.steps,
-        "nfe": stats.nfe,
-        "times": stats.times,
-        "cfg": args.cfg,
-        "samples": len(images),
-        "seconds": round(seconds, 3),
-    }
-    write_bytes_atomic(out / "stats.json", json.dumps(report, indent=1).encode())
+    run = {"checkpoint": str(args.checkpoint), "seed": args.seed, "schedule": args.schedule, "cfg": settings.cfg}
+    save_samples(out, images, label_tensor, stats, {**run, "seconds": round(seconds, 3)}, args.n if labels else 16)
     print(f"wrote {len(images)} samples ({stats.nfe} NFE, {seconds:.1f}s) to {out}/samples.png and samples.npz")
 
 
-def _fill_sampler_from_checkpoint(args: argparse.Namespace) -> None:
-    """Set the solver, NFE and guidance the command line left open to the checkpoint's ``sample`` section."""
-    from latentfm.checkpoint import read_state, resolve_checkpoint
-    from latentfm.config import config_from_dict
+def _sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
+    """The checkpoint's sampler (``recipe``) with what the command line gives replaced."""
+    from latentfm.sampling import schedule_from_text
 
-    recipe = config_from_dict(read_state(resolve_checkpoint(args.checkpoint))["config"]).sample
-    args.solver = args.solver or recipe.solver
-    if args.nfe is None and args.steps is None:
-        args.nfe = recipe.nfe
-    args.cfg = recipe.cfg if args.cfg is None else args.cfg
+    given = {name: getattr(args, name) for name in ("solver", "nfe", "steps", "cfg") if getattr(args, name) is not None}
+    if args.schedule is not None:
+        given["schedule"] = schedule_from_text(args.schedule)
+    return recipe.with_(**given)
 
 
 def _device(name: str) -> torch.device:
@@ -165,8 +163,7 @@ def _device(name: str) -> torch.device:
 def cmd_train_classifier(args: argparse.Namespace) -> None:
     """Train the in-project classifier on a dataset's training split (its features give a dataset-specific
     Fréchet distance, its predictions the class accuracy of samples); report its accuracy on the test split."""
-    from latentfm.atomic import write_bytes_atomic
-    from latentfm.data import dataset_config, load_data_config
+    from latentfm.data import load_data_config
     from latentfm.metrics.classifier import accuracy, save_classifier, train_classifier
 
     data_config = dataset_config(args.dataset, "train", args.image_size)
@@ -189,7 +186,6 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         progress=True,
     )
     minutes = (time.perf_counter() - start) / 60
-    save_classifier(model.cpu(), args.out)
     report = {
         "dataset": args.dataset,
         "train_fingerprint": train.fingerprint(),
@@ -202,14 +198,14 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         test = load_data_config(data_config, "test")
         report["test_accuracy"] = accuracy(model.cpu(), *test.batch(torch.arange(len(test))))
         print(f"test accuracy on {len(test)} images: {100 * report['test_accuracy']:.2f}%")
-    write_bytes_atomic(Path(args.out).with_suffix(".report.json"), json.dumps(report, indent=1).encode())
+    save_classifier(model.cpu(), args.out, report)
     print(f"wrote {args.out} ({minutes:.1f} min)")
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
     """Feature statistics of real images (mean, covariance, a sample of features) with the protocol recorded,
     for `latentfm eval --reference`."""
-    from latentfm.data import dataset_config, load_data_config
+    from latentfm.data import load_data_config
     from latentfm.evaluation import reference_statistics
     from latentfm.metrics.features import load_features
 
@@ -277,8 +273,7 @@ def cmd_search_schedule(args: argparse.Namespace) -> None:
 def cmd_bench_solvers(args: argparse.Namespace) -> None:
     """Endpoint RMSE and wall time against NFE for every solver and schedule: on an analytic Gaussian
     mixture, and on a checkpoint when one is given. Writes OUT/solvers.json, OUT/solvers.md and a plot per part."""
-    from latentfm.atomic import write_bytes_atomic
-    from latentfm.bench.solvers import checkpoint_bench, markdown_table, mixture_bench, plot_rows
+    from latentfm.bench.solvers import checkpoint_bench, mixture_bench, write_solver_report
 
     nfes, search_nfes = _int_list(args.nfe, "--nfe"), _int_list(args.search_nfe, "--search-nfe")
     if not args.mixture and not args.checkpoint:
@@ -291,45 +286,21 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
         report["checkpoint"] = checkpoint_bench(
             args.checkpoint, device, nfes, search_nfes, args.n, args.cfg, args.seed, args.iterations
         )
-    out = Path(args.out)
-    write_bytes_atomic(out / "solvers.json", json.dumps(report, indent=1).encode())
-    sections = []
-    for name, part in report.items():
-        plot_rows(part["rows"], str(out / f"{name}_rmse.png"), f"{name}: endpoint RMSE (uniform grids; searched)")
-        sections.append(f"## {name}: {part['description']}\n\nendpoint RMSE\n\n{markdown_table(part['rows'])}")
-        sections.append(f"seconds per batch of {part['samples']}\n\n{markdown_table(part['rows'], 'seconds', 3)}")
-    write_bytes_atomic(out / "solvers.md", ("\n\n".join(sections) + "\n").encode())
-    print("\n\n".join(sections))
+    print(write_solver_report(Path(args.out), report))
 
 
-def _add_sampler_arguments(parser: argparse.ArgumentParser, solver: str | None) -> None:
-    """The options that pick a sampler and its noise, shared by ``sample`` and ``eval``.
-
-    With ``solver`` None, the solver, NFE and guidance default to the checkpoint's ``sample`` section."""
-    checkpoint = "the checkpoint's sample section"
-    parser.add_argument(
-        "--solver",
-        default=solver,
-        help=f"euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 (default {solver or checkpoint})",
-    )
+def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick a sampler and its noise, shared by ``sample`` and ``eval``: each one left out is
+    the checkpoint's ``sample`` section (then the library default: midpoint, 8 NFE, no guidance)."""
+    recipe = "default: the checkpoint's sample section"
+    parser.add_argument("--solver", help=f"euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 ({recipe})")
     parser.add_argument(
         "--schedule",
-        default="uniform",
-        help="uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file",
+        help=f"uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file ({recipe})",
     )
-    parser.add_argument(
-        "--nfe",
-        type=int,
-        default=None if solver is None else 8,
-        help=f"velocity evaluations per sample (default {checkpoint if solver is None else 8})",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="solver steps (instead of --nfe)")
-    parser.add_argument(
-        "--cfg",
-        type=float,
-        default=None if solver is None else 1.0,
-        help=f"classifier-free guidance weight, 1 = none (default {checkpoint if solver is None else 1})",
-    )
+    parser.add_argument("--nfe", type=int, help=f"velocity evaluations per sample ({recipe})")
+    parser.add_argument("--steps", type=int, help="solver steps (instead of --nfe)")
+    parser.add_argument("--cfg", type=float, help=f"classifier-free guidance weight, 1 = none ({recipe})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the source noise (sample i uses (seed, i))")
     parser.add_argument("--batch-size", type=int, default=256, help="samples per model call")
 
@@ -340,7 +311,7 @@ FEATURES_HELP = "classifier weights (.safetensors) or FID InceptionV3 weights (p
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``latentfm`` command."""
-    parser = argparse.ArgumentParser(prog="latentfm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="latentfm", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a flow model from a config", description=cmd_train.__doc__)
@@ -378,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
     sample.add_argument("--labels", default=None, help="'all' (default), '0,3,7' or '2-5'; one grid row per label")
     sample.add_argument("--n", type=int, default=8, help="samples per label (total when unconditional)")
-    _add_sampler_arguments(sample, None)
+    _add_sampler_arguments(sample)
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sample.add_argument("--out", required=True, help="output directory")
     sample.set_defaults(run=cmd_sample)
@@ -458,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--n", "--num-samples", dest="n", type=int, default=50_000, help="samples to generate (default 50000)"
     )
-    _add_sampler_arguments(evaluate, "euler")
+    _add_sampler_arguments(evaluate)
     evaluate.add_argument("--shard-size", type=int, default=1000, help="samples per resumable shard (default 1000)")
     evaluate.add_argument("--keep-features", type=int, default=10_000, help="features kept for KID and P/R (10000)")
     evaluate.add_argument("--latency-batch", type=int, default=64, help="batch size of the latency measurement")

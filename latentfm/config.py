@@ -112,6 +112,7 @@ class FlowConfig:
     t_sampler: str = "uniform"  # uniform | logit_normal | mode
     t_loc: float = 0.0
     t_scale: float = 1.0
+    coupling: str = "independent"  # independent | ot (minibatch optimal transport)
 
 
 @dataclass
@@ -128,12 +129,22 @@ class OptimConfig:
 
 
 @dataclass
-class SampleConfig:
-    """How sample grids are drawn during and after training."""
+class TaskConfig:
+    """What the model generates from: ``class`` (a label or none; inpaint, semantic and upsample follow)."""
 
-    solver: str = "heun"
-    nfe: int = 8
-    cfg: float = 2.0
+    kind: str = "class"
+
+
+@dataclass
+class SampleConfig:
+    """The recipe's sampler: training grids, the demo, and ``latentfm sample`` / ``eval`` when no solver is given.
+    Unset fields keep the library defaults of ``latentfm.sampling.SamplerSettings``."""
+
+    solver: str | None = None
+    nfe: int | None = None
+    steps: int | None = None
+    schedule: str | None = None
+    cfg: float | None = None
     per_class: int = 8
 
 
@@ -173,6 +184,7 @@ class TrainConfig:
 class Config:
     """A whole training run."""
 
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

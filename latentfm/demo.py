@@ -43,15 +43,15 @@ def run_demo(out: Path, steps: int | None = None, per_class: int = 50, seed: int
     trainer.run()
     train_seconds = time.perf_counter() - start
     labels = torch.arange(trainer.latents.num_classes).repeat_interleave(per_class)
-    s = config.sample
-    images, stats = trainer.pipeline().generate(labels, seed=seed, solver=s.solver, nfe=s.nfe, cfg=s.cfg)
+    sampler = trainer.sampler
+    images, stats = trainer.pipeline().generate(labels, seed=seed, settings=sampler)
     write_samples(out, images, labels, columns=per_class)
     report = {
         "train_steps": config.train.steps,
         "train_seconds": round(train_seconds, 1),
-        "solver": s.solver,
+        "solver": stats.solver,
         "nfe": stats.nfe,
-        "cfg": s.cfg,
+        "cfg": sampler.cfg,
         "samples": len(images),
         "seed": seed,
         **judge(images, labels, seed),
@@ -59,7 +59,7 @@ def run_demo(out: Path, steps: int | None = None, per_class: int = 50, seed: int
     write_bytes_atomic(out / "report.json", json.dumps(report, indent=1).encode())
     print(
         f"trained {config.train.steps} steps in {train_seconds / 60:.1f} min; "
-        f"{len(images)} samples at {stats.nfe} NFE, cfg {s.cfg}"
+        f"{len(images)} samples at {stats.nfe} NFE, cfg {sampler.cfg}"
     )
     print(
         f"a classifier trained on real digits (held-out accuracy {report['classifier_accuracy_real_test']:.1%}) "

@@ -68,3 +68,13 @@ def teardown_distributed() -> None:
     """Leave the process group if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_ranks(value: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``value`` (equal shapes) concatenated along dim 0 in rank order; ``value`` itself in a
+    single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, value.contiguous())
+    return torch.cat(parts)

@@ -12,10 +12,25 @@ from PIL import Image
 from latentfm.atomic import write_bytes_atomic
 
 
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] to uint8 (same layout and device), rounded as when they are saved as PNG: the one
+    float-to-8-bit conversion of the library.
+
+    Example:
+        >>> quantise(torch.tensor([-1.0, 0.0, 0.999, 2.0])).tolist()
+        [0, 128, 255, 255]
+    """
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [-1, 1] (the inverse of ``quantise`` on its grid)."""
+    return images.float() / 127.5 - 1.0
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float NCHW images in [-1, 1] to uint8 NHWC (N×H×W for one channel)."""
-    array = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    array = array.permute(0, 2, 3, 1).numpy()
+    """Float NCHW images in [-1, 1] to uint8 NHWC numpy (N×H×W for one channel), for PNG and npz files."""
+    array = quantise(images.cpu()).permute(0, 2, 3, 1).numpy()
     return array[..., 0] if array.shape[-1] == 1 else array
 
 

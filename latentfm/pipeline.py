@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,33 +11,38 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentfm.atomic import write_bytes_atomic
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity
 from latentfm.checkpoint import read_state, read_tensors, resolve_checkpoint
 from latentfm.condition import Condition
 from latentfm.config import config_from_dict
-from latentfm.errors import LatentFMError
+from latentfm.errors import LatentFMError, first_difference
+from latentfm.image_io import write_samples
 from latentfm.models.build import build_model
-from latentfm.sampling import ADAPTIVE_SOLVERS, GuidedVelocity, SampleStats, SearchedSchedule, sample
-from latentfm.sampling.schedules import Schedule
+from latentfm.sampling import GuidedVelocity, SamplerSettings, SampleStats, sample, settings_from_section
 from latentfm.seeding import source_noise
+from latentfm.tasks import Task, build_task
 
 
 def _check_autoencoder(autoencoder: Autoencoder, kind: str, trained_with: dict | None, directory: Path) -> None:
     """Refuse to decode with other autoencoder weights than the model was trained with."""
     if trained_with is None:
         return
-    found = autoencoder_identity(autoencoder, kind)["weights_sha256"]
-    if found != trained_with["weights_sha256"]:
+    difference = first_difference(trained_with, autoencoder_identity(autoencoder, kind), keys=["weights_sha256"])
+    if difference is not None:
         raise LatentFMError(
-            f"{directory} was trained with autoencoder weights {trained_with['weights_sha256'][:12]}, but its "
-            f"autoencoder.* config now loads {found[:12]}; restore the original weights files"
+            f"{directory} was trained with autoencoder weights {difference.old[:12]}, but its "
+            f"autoencoder.* config now loads {difference.new[:12]}; restore the original weights files"
         )
 
 
 @dataclass
 class FlowPipeline:
     """Everything needed to turn labels and a seed into images in [-1, 1].
+
+    ``sampler`` is the recipe's sampler (the checkpoint's ``sample`` section); ``generate`` uses it unless
+    given other settings.
 
     Example:
         >>> pipe = FlowPipeline.from_checkpoint("runs/digits")  # doctest: +SKIP
@@ -51,6 +57,8 @@ class FlowPipeline:
     image_shape: tuple[int, int, int] | None = None  # [C, H, W] of decoded images
     class_names: list[str] = field(default_factory=list)
     autocast_dtype: torch.dtype | None = None
+    task: Task = field(default_factory=build_task)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
 
     @property
     def device(self) -> torch.device:
@@ -63,22 +71,24 @@ class FlowPipeline:
     ) -> FlowPipeline:
         """Load a checkpoint directory, or the latest checkpoint of a run directory."""
         directory = resolve_checkpoint(path)
-        state = read_state(directory)
-        config = config_from_dict(state["config"])
-        data = state["data"]
-        model = build_model(config.model, data["latent_shape"][0], data["latent_shape"][1], data["num_classes"])
+        state = read_state(directory, "flow")
+        config = config_from_dict(state.config)
+        data = state.data
+        model = build_model(config.model, data.latent_shape[0], data.latent_shape[1], data.num_classes)
         model.load_state_dict(read_tensors(directory, "ema" if use_ema else "model"))
         model.requires_grad_(False)  # sampling and schedule search differentiate inputs, never weights
-        autoencoder = build_autoencoder(config.autoencoder, image_channels=data["image_shape"][0]).to(device)
-        _check_autoencoder(autoencoder, config.autoencoder.kind, state.get("autoencoder"), directory)
+        autoencoder = build_autoencoder(config.autoencoder, image_channels=data.image_shape[0]).to(device)
+        _check_autoencoder(autoencoder, config.autoencoder.kind, state.autoencoder, directory)
         return cls(
             model=model.to(device).eval(),
             autoencoder=autoencoder,
-            latent_norm=LatentNorm(**state["latent_norm"]),
-            latent_shape=tuple(data["latent_shape"]),
-            num_classes=data["num_classes"],
-            image_shape=tuple(data["image_shape"]),
-            class_names=data["class_names"],
+            latent_norm=LatentNorm(**state.latent_norm),
+            latent_shape=tuple(data.latent_shape),
+            num_classes=data.num_classes,
+            image_shape=tuple(data.image_shape),
+            class_names=data.class_names,
+            task=build_task(config.task.kind),
+            sampler=settings_from_section(config.sample),
         )
 
     def _check_labels(self, labels: torch.Tensor | None) -> None:
@@ -94,7 +104,8 @@ class FlowPipeline:
     ) -> GuidedVelocity:
         """The guided ``velocity(x, t)`` of the model for a batch with ``labels`` (see ``GuidedVelocity``)."""
         labels = None if labels is None else labels.to(self.device)
-        return GuidedVelocity(self.model_velocity, Condition(labels=labels), cfg, self.num_classes, interval)
+        cond = self.task.sampling_condition(labels)
+        return GuidedVelocity(self.model_velocity, cond, cfg, self.num_classes, interval)
 
     def cycled_labels(self, n: int) -> torch.Tensor | None:
         """``n`` labels cycling through the classes (None for an unconditional model)."""
@@ -110,37 +121,35 @@ class FlowPipeline:
         labels: torch.Tensor | None = None,
         n: int | None = None,
         seed: int = 0,
-        solver: str = "heun",
-        nfe: int | None = None,
-        steps: int | None = None,
-        cfg: float = 1.0,
+        settings: SamplerSettings | None = None,
         batch_size: int = 256,
         first_index: int = 0,
         progress: bool = False,
-        schedule: Schedule | SearchedSchedule = "uniform",
         decode: bool = False,
-        **options: Any,
+        **sampler: Any,
     ) -> tuple[torch.Tensor, SampleStats]:
         """Normalised latents for ``labels`` (or ``n`` unconditional samples); with ``decode``, images in
         [-1, 1] on the CPU, decoded batch by batch.
 
         Sample ``i`` starts from noise seeded by ``(seed, first_index + i)``, so results do not depend
-        on the batch size. ``schedule`` and ``options`` go to ``latentfm.sampling.sample``; without
-        ``steps``, ``nfe`` or a schedule that fixes them, a fixed-step solver gets 8 NFE. Returns the
-        latents (or images) and the stats of the last batch (NFE is the same for all).
+        on the batch size. The sampler is ``settings``, or the recipe's ``sampler`` with the fields of
+        ``SamplerSettings`` given as keywords (``solver=``, ``nfe=``, ``cfg=``, ...) replaced.
+        Returns the latents (or images) and the stats of the last batch (NFE is the same for all).
         """
         self._check_labels(labels)
         total = len(labels) if labels is not None else n
         if not total:
             raise LatentFMError("nothing to generate: give labels or n > 0")
-        if nfe is None and steps is None and isinstance(schedule, str) and solver not in ADAPTIVE_SOLVERS:
-            nfe = 8
+        if settings is None:
+            settings = self.sampler.with_(**sampler)
+        elif sampler:
+            raise LatentFMError(f"give settings or sampler keywords ({', '.join(sampler)}), not both")
         parts, stats = [], None
         for start in tqdm(range(0, total, batch_size), desc="generating", disable=not progress):
             stop = min(start + batch_size, total)
-            velocity = self.velocity(None if labels is None else labels[start:stop], cfg)
+            velocity = self.velocity(None if labels is None else labels[start:stop], settings.cfg, settings.interval)
             x0 = self.source(stop - start, seed, first_index + start)
-            z, stats = sample(velocity, x0, solver, steps, nfe, schedule, **options)
+            z, stats = sample(velocity, x0, settings=settings)
             parts.append(self.decode(z.float(), batch_size) if decode else z.float())
         return torch.cat(parts), stats
 
@@ -159,3 +168,13 @@ class FlowPipeline:
         enabled = self.autocast_dtype is not None
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
             return self.model(x, t, cond).float()
+
+
+def save_samples(
+    out: Path, images: torch.Tensor, labels: torch.Tensor | None, stats: SampleStats, run: dict[str, Any], columns: int
+) -> None:
+    """``OUT/samples.png`` (``columns`` per row), ``OUT/samples.npz`` (uint8 images, labels) and ``OUT/stats.json``
+    (``run``: checkpoint, seed, guidance, ... and the sampler's stats), each written atomically."""
+    write_samples(out, images, labels, columns=min(columns, len(images)))
+    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times}
+    write_bytes_atomic(out / "stats.json", json.dumps({**report, "samples": len(images)}, indent=1).encode())

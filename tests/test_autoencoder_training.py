@@ -90,7 +90,7 @@ def test_flow_checkpoint_is_not_an_autoencoder(tmp_path, tiny_overrides):
     from latentfm.training.trainer import Trainer
 
     Trainer(load_config(None, [*tiny_overrides, "train.steps=1"])).run()
-    with pytest.raises(LatentFMError, match="not a KL autoencoder checkpoint"):
+    with pytest.raises(LatentFMError, match="of kind 'flow', expected 'autoencoder'"):
         build_autoencoder({"kind": "kl", "checkpoint": str(tmp_path / "run")}, image_channels=1)
 
 

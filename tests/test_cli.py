@@ -78,11 +78,13 @@ def test_sample_writes_grid_and_arrays_deterministically(trained_run, tmp_path):
 def test_sample_defaults_to_the_checkpoints_sample_section(trained_run, tmp_path):
     from latentfm.checkpoint import read_state, resolve_checkpoint
     from latentfm.config import config_from_dict
+    from latentfm.sampling import settings_from_section
 
-    recipe = config_from_dict(read_state(resolve_checkpoint(trained_run))["config"]).sample
+    recipe = settings_from_section(config_from_dict(read_state(resolve_checkpoint(trained_run)).config).sample)
+    assert (recipe.solver, recipe.budget, recipe.cfg) == ("heun", 2, 2.0)  # configs/digits.yaml with TINY's nfe
     assert main(["sample", "--checkpoint", str(trained_run), "--n", "2", "--out", str(tmp_path / "a")]) == 0
     stats = json.loads((tmp_path / "a" / "stats.json").read_text())
-    assert (stats["solver"], stats["nfe"], stats["cfg"]) == (recipe.solver, recipe.nfe, recipe.cfg)
+    assert (stats["solver"], stats["nfe"], stats["cfg"]) == (recipe.solver, recipe.budget, recipe.cfg)
     assert (
         main(
             [

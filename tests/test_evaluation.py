@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from latentfm.cli import main
-from latentfm.data import dataset_config, load_data_config
+from latentfm.cli import dataset_config, main
+from latentfm.data import load_data_config
 from latentfm.errors import LatentFMError
 from latentfm.metrics.reference import load_reference
 
@@ -119,6 +119,13 @@ def test_eval_refuses_other_settings_and_other_protocols(setup, tmp_path, capsys
     assert main([*eval_args(setup, tmp_path / "b")[:-2], "--features", str(other), "--out", str(tmp_path / "b")]) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "were made with features_sha256" in message and "latentfm stats" in message
+
+
+def test_eval_takes_the_sampler_flags_left_out_from_the_checkpoint(setup, tmp_path):
+    assert main(eval_args(setup, tmp_path / "e", "--n", "64")) == 0
+    settings = json.loads((tmp_path / "e" / "report.json").read_text())["settings"]
+    # configs/digits.yaml samples with heun; the command line gave --nfe 4 and --cfg 2
+    assert (settings["solver"], settings["nfe"], settings["cfg"], settings["schedule"]) == ("heun", 4, 2.0, "uniform")
 
 
 def test_torchrun_shards_equal_one_process(setup, tmp_path):

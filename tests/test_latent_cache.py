@@ -13,7 +13,7 @@ from latentfm.autoencoders.base import autoencoder_identity, latent_norm_for
 from latentfm.cli import main
 from latentfm.config import AutoencoderRunConfig, load_config
 from latentfm.data import LatentCache, load_dataset
-from latentfm.data import latent_cache as cache
+from latentfm.data import latent_cache_writer as cache
 from latentfm.errors import LatentFMError
 from latentfm.pipeline import FlowPipeline
 from latentfm.training.autoencoder_trainer import AutoencoderTrainer

@@ -9,7 +9,8 @@ import scipy.linalg
 import torch
 
 from latentfm.errors import LatentFMError
-from latentfm.metrics.features import load_features, quantise
+from latentfm.image_io import quantise
+from latentfm.metrics.features import load_features
 from latentfm.metrics.frechet import FeatureStats, frechet_distance
 from latentfm.metrics.inception import FIDInceptionV3, load_inception
 from latentfm.metrics.kid import kernel_distance

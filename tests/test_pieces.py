@@ -1,5 +1,6 @@
 """Small pieces: latent normalisation, EMA, atomic writes, checkpoint round trips, grids, seeds."""
 
+import json
 import os
 
 import numpy as np
@@ -58,7 +59,8 @@ def test_optimizer_state_round_trip(tmp_path):
     optimizer.step()
     directory = tmp_path / "checkpoints" / "step_00000001"
     weights = {"model": model.state_dict(), "ema": model.state_dict()}
-    ckpt.save_checkpoint(directory, weights, {"optimizer": optimizer.state_dict()}, {"step": 1})
+    state = ckpt.CheckpointState(kind="flow", step=1, config={}, data=ckpt.DataShapes([1, 8, 8], [1, 8, 8]))
+    ckpt.save_checkpoint(directory, weights, {"optimizer": optimizer.state_dict()}, state)
     restored = ckpt.read_optimizer(directory, "optimizer")
     fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=5.0)
     fresh.load_state_dict(restored)
@@ -67,6 +69,22 @@ def test_optimizer_state_round_trip(tmp_path):
         for name, value in values.items():
             assert torch.equal(torch.as_tensor(value), fresh.state_dict()["state"][index][name])
     assert ckpt.resolve_checkpoint(tmp_path) == directory
+    assert ckpt.read_state(directory, "flow").data.latent_shape == [1, 8, 8]
+    with pytest.raises(LatentFMError, match="of kind 'flow', expected 'autoencoder'"):
+        ckpt.read_state(directory, "autoencoder")
+
+
+def test_states_written_by_0_1_still_read(tmp_path):
+    """0.1 wrote flow states without a kind, autoencoder states as kl_autoencoder, and (before its latent work) one
+    optimizer's groups under optimizer_param_groups."""
+    data = {"image_shape": [1, 8, 8], "latent_shape": [1, 8, 8], "num_classes": 10, "class_names": []}
+    old_flow = {"version": "0.1.0", "step": 4, "config": {}, "data": data, "latent_norm": {"shift": [0], "scale": [1]}}
+    old_autoencoder = {"kind": "kl_autoencoder", "step": 2, "config": {}, "data": data, "param_groups": {}}
+    for name, values in (("flow", old_flow), ("autoencoder", old_autoencoder)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.json").write_text(json.dumps({**values, "optimizer_param_groups": [{"lr": 1}]}))
+        state = ckpt.read_state(tmp_path / name, name)
+        assert state.kind == name and state.data.num_classes == 10 and state.param_groups == {"optimizer": [{"lr": 1}]}
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from latentfm.condition import Condition
 from latentfm.errors import LatentFMError
-from latentfm.sampling import GuidedVelocity, sample, time_grid
+from latentfm.sampling import GuidedVelocity, SamplerSettings, heun_sampler, sample, time_grid
 
 
 def rotation(x, t):
@@ -107,3 +107,41 @@ def test_guidance_scale_one_and_interval_use_one_pass():
     assert limited.network_passes == 3 and model.batch_sizes[-2:] == [1, 2]
     _, stats = sample(limited, torch.zeros(1, 3), solver="euler", steps=4)
     assert stats.nfe == 4  # a guided call counts once
+
+
+def test_sampler_settings_defaults_budget_and_validation():
+    default = SamplerSettings()
+    assert (default.solver, default.budget, default.cfg) == ("midpoint", 8, 1.0)
+    assert SamplerSettings(solver="euler", schedule=[0.0, 0.5, 1.0]).budget is None  # the list fixes 2 steps
+    assert SamplerSettings(solver="dopri5").budget is None
+    _, stats = sample(lambda x, t: x, torch.zeros(1, 1))
+    assert (stats.solver, stats.nfe, stats.steps) == ("midpoint", 8, 4)
+    for bad, message in [
+        ({"solver": "dopri5", "nfe": 8}, "adaptive"),
+        ({"cfg": -1.0}, "cfg=-1.0"),
+        ({"interval": (0.8, 0.2)}, "interval"),
+        ({"solver": "euler", "options": {"rtol": 1e-3}}, "'rtol' does not apply"),
+        ({"solver": "leapfrog"}, "solver='leapfrog' is unknown"),
+    ]:
+        with pytest.raises(LatentFMError, match=message):
+            SamplerSettings(**bad)
+
+
+def test_sampler_settings_with_replaces_the_budget_and_sample_takes_settings():
+    recipe = SamplerSettings(solver="euler", nfe=8, cfg=2.0)
+    assert recipe.with_(steps=3).nfe is None and recipe.with_(steps=3).steps == 3
+    assert recipe.with_(solver="dopri5").nfe is None  # an adaptive solver drops the fixed budget
+    assert recipe.with_(schedule=[0.0, 0.3, 1.0]).nfe is None
+    assert recipe.with_(cfg=1.0).nfe == 8
+    x_settings, stats = sample(lambda x, t: torch.ones_like(x), torch.zeros(2, 1), settings=recipe.with_(nfe=4))
+    x_keywords, _ = sample(lambda x, t: torch.ones_like(x), torch.zeros(2, 1), solver="euler", nfe=4)
+    assert torch.equal(x_settings, x_keywords) and stats.nfe == 4
+    with pytest.raises(LatentFMError, match="not both"):
+        sample(lambda x, t: x, torch.zeros(1, 1), solver="euler", settings=recipe)
+
+
+def test_heun_sampler_is_the_heun_solver():
+    velocity = lambda x, t: -x * t[:, None]  # noqa: E731
+    x0 = torch.randn(3, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected, _ = sample(velocity, x0, solver="heun", steps=5)
+    assert torch.allclose(heun_sampler(velocity, x0, steps=5), expected, rtol=0, atol=1e-15)

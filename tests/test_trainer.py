@@ -51,7 +51,12 @@ def test_run_writes_log_samples_and_a_loadable_checkpoint(tiny_config, tmp_path)
     assert (tmp_path / "run" / "samples" / "step_00000006.png").stat().st_size > 100
     assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]  # no temporaries left
     state = ckpt.read_state(directory)
-    assert state["step"] == 6 and state["data"]["num_classes"] == 10 and len(state["latent_norm"]["scale"]) == 1
+    assert (
+        state.kind == "flow"
+        and state.step == 6
+        and state.data.num_classes == 10
+        and len(state.latent_norm["scale"]) == 1
+    )
     pipe = FlowPipeline.from_checkpoint(tmp_path / "run")
     images, stats = pipe.generate(torch.tensor([0, 1, 2]), seed=3, nfe=4, solver="euler")
     assert images.shape == (3, 1, 8, 8) and stats.nfe == 4
@@ -102,3 +107,14 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     result = run_torchrun("train", "--config", str(empty), *common, f"train.out_dir={tmp_path / 'two'}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_tensors(weights(tmp_path / "one", "model"), weights(tmp_path / "two", "model"), exact=False)
+
+
+def test_an_adaptive_sampler_in_the_sample_section_draws_training_grids(tmp_path):
+    """0.1 accepted ``sample.solver: dopri5`` and then failed at the first grid."""
+    run = tmp_path / "run"
+    config = load_config(
+        None, [*TINY, "sample.solver=dopri5", "train.steps=2", "train.sample_every=2", f"train.out_dir={run}"]
+    )
+    Trainer(config).run()
+    assert (run / "samples" / "step_00000002.png").is_file()
+    assert FlowPipeline.from_checkpoint(run).sampler.adaptive

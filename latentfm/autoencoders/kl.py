@@ -153,18 +153,16 @@ def load_kl_autoencoder(
 ) -> KLAutoencoder:
     """The EMA weights of a ``latentfm train-autoencoder`` run (or one of its checkpoint directories)."""
     directory = resolve_checkpoint(checkpoint)
-    state = read_state(directory)
-    if state.get("kind") != "kl_autoencoder":
-        raise LatentFMError(f"{directory} is not a KL autoencoder checkpoint (made by latentfm train-autoencoder)")
+    state = read_state(directory, "autoencoder")
     if posterior not in ("mean", "sample"):
         raise LatentFMError(f"autoencoder.posterior={posterior!r} is unknown; use 'mean' or 'sample'")
-    trained_channels = state["data"]["image_shape"][0]
+    trained_channels = state.data.image_shape[0]
     if image_channels is not None and image_channels != trained_channels:
         raise LatentFMError(
             f"{directory} was trained on {trained_channels}-channel images but the data has {image_channels}; "
             f"set data.channels={trained_channels}"
         )
-    model_config = config_from_dict(state["config"], cls=AutoencoderRunConfig).model
+    model_config = config_from_dict(state.config, cls=AutoencoderRunConfig).model
     model = KLAutoencoder(trained_channels, model_config, posterior)
     model.load_state_dict(read_tensors(directory, "ema"))
     return model.eval().requires_grad_(False)

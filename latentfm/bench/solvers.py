@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from latentfm.atomic import write_bytes_atomic
 from latentfm.errors import LatentFMError
 from latentfm.metrics.latency import synchronize
 from latentfm.sampling.program import SearchedSchedule
@@ -162,3 +165,15 @@ def plot_rows(rows: list[dict[str, Any]], path: str, title: str, schedule: str =
         if row["schedule"] == schedule or row["solver"] == "searched":
             series.setdefault(row["solver"], []).append((row["nfe"], row["rmse"]))
     save_line_chart(series, path, title, "NFE", "endpoint RMSE")
+
+
+def write_solver_report(out: Path, report: dict[str, Any]) -> str:
+    """``out/solvers.json``, ``out/solvers.md`` and an RMSE plot per part of ``report``; returns the Markdown."""
+    write_bytes_atomic(out / "solvers.json", json.dumps(report, indent=1).encode())
+    sections = []
+    for name, part in report.items():
+        plot_rows(part["rows"], str(out / f"{name}_rmse.png"), f"{name}: endpoint RMSE (uniform grids; searched)")
+        sections.append(f"## {name}: {part['description']}\n\nendpoint RMSE\n\n{markdown_table(part['rows'])}")
+        sections.append(f"seconds per batch of {part['samples']}\n\n{markdown_table(part['rows'], 'seconds', 3)}")
+    write_bytes_atomic(out / "solvers.md", ("\n\n".join(sections) + "\n").encode())
+    return "\n\n".join(sections)

@@ -10,7 +10,7 @@ Three kinds, all returning :class:`ImageData`:
 - ``npz``: uint8 NHWC images in one ``.npz`` file (``images``, or ``arr_0`` as in ADM's reference batches), with
   optional ``labels`` (or ``arr_1``); ``latentfm sample`` writes such files.
 
-On the command line a dataset is named by ``dataset_config`` (``--dataset fashion_mnist``, ``folder:DIR``, ...).
+On the command line a dataset is named by ``latentfm.cli.dataset_config`` (``--dataset fashion_mnist``, ...).
 """
 
 import gzip
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latentfm.config import DataConfig, load_config
+from latentfm.config import DataConfig
 from latentfm.errors import LatentFMError
+from latentfm.image_io import from_uint8
 
 KINDS = ("digits", "idx", "folder", "npz")
 SPLITS = ("train", "test", "all")
@@ -77,7 +78,7 @@ class ImageData:
         """Float32 images in [-1, 1] for ``indices`` (flipped left-right where the bool mask ``flip`` is
         true) and their labels, or None for unlabelled data. With ``device`` the uint8 images are moved
         there before conversion (a quarter of the bytes of float32)."""
-        x = self.images[indices].to(device).float() / 127.5 - 1.0
+        x = from_uint8(self.images[indices].to(device))
         if flip is not None:
             x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
         labels = None if self.labels is None else self.labels[indices].to(device)
@@ -125,25 +126,6 @@ def load_dataset(
 def load_data_config(data: DataConfig, split: str | None = None) -> ImageData:
     """The dataset a config's ``data`` section describes (its split, or ``split`` when given)."""
     return load_dataset(data.dataset, data.path, split or data.split, data.image_size, data.channels, data.skip_corrupt)
-
-
-def dataset_config(spec: str, split: str | None = None, image_size: int | None = None) -> DataConfig:
-    """The ``DataConfig`` a command-line ``--dataset`` names: ``digits``, ``fashion_mnist`` (the Debian IDX
-    files), ``idx:DIR``, ``folder:DIR``, ``npz:FILE``, or a YAML config file (its ``data`` section)."""
-    if spec.endswith((".yaml", ".yml")):
-        data = load_config(spec).data
-    elif spec in ("digits", "fashion_mnist"):
-        data = DataConfig(dataset="digits") if spec == "digits" else DataConfig(dataset="idx", path=DEFAULT_IDX_PATH)
-    elif spec.partition(":")[0] in ("idx", "folder", "npz") and spec.partition(":")[2]:
-        kind, _, path = spec.partition(":")
-        data = DataConfig(dataset=kind, path=path)
-    else:
-        raise LatentFMError(
-            f"--dataset {spec!r}: use digits, fashion_mnist, idx:DIR, folder:DIR, npz:FILE or a YAML config"
-        )
-    data.split = split or data.split
-    data.image_size = image_size or data.image_size
-    return data
 
 
 def _load_npz(path: str | None, split: str) -> ImageData:

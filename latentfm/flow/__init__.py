@@ -1,6 +1,8 @@
-"""Flow-matching core: paths, time samplers and the loss."""
+"""Flow-matching core: paths, time samplers, couplings, the one-call objective and the loss."""
 
+from latentfm.flow.couplings import Coupling, build_coupling, minibatch_ot_pairing
 from latentfm.flow.loss import flow_matching_loss
+from latentfm.flow.objective import FlowObjective, FlowSample
 from latentfm.flow.paths import AffinePath, CosinePath, LinearPath, build_path
 from latentfm.flow.time_samplers import (
     TimeSampler,
@@ -12,13 +14,18 @@ from latentfm.flow.time_samplers import (
 
 __all__ = [
     "AffinePath",
+    "Coupling",
     "CosinePath",
+    "FlowObjective",
+    "FlowSample",
     "LinearPath",
     "TimeSampler",
+    "build_coupling",
     "build_path",
     "build_time_sampler",
     "flow_matching_loss",
     "logit_normal_sampler",
+    "minibatch_ot_pairing",
     "mode_sampler",
     "uniform_sampler",
 ]

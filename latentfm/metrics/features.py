@@ -22,6 +22,7 @@ from torch import nn
 
 from latentfm.checkpoint import weights_sha256
 from latentfm.errors import LatentFMError
+from latentfm.image_io import from_uint8
 from latentfm.metrics.classifier import SmallClassifier, load_classifier
 from latentfm.metrics.inception import FEATURE_DIM, INPUT_SIZE, load_inception
 
@@ -82,7 +83,7 @@ class FeatureExtractor:
         """``(features [B, D] float32, predicted classes [B] or None)`` of uint8 images ``[B, C, H, W]``."""
         if images.dtype != torch.uint8:
             raise LatentFMError(f"feature extractors take uint8 images, got {images.dtype}; quantise them first")
-        x = images.to(self.device).float() / 127.5 - 1.0
+        x = from_uint8(images.to(self.device))
         if self.kind == "inception":
             return self.network.features(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).float().cpu(), None
         self.check_images(tuple(x.shape[1:]))
@@ -102,8 +103,3 @@ def load_features(path: str | Path, device: torch.device | str = "cpu") -> Featu
         f"--features {path}: give InceptionV3 weights (.pth, pytorch-fid's pt_inception-2015-12-05) or a "
         "classifier from `latentfm train-classifier` (.safetensors)"
     )
-
-
-def quantise(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1] to uint8, rounded as when they are saved as PNG."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -4,7 +4,7 @@ Example:
     >>> import numpy as np
     >>> stats = FeatureStats()
     >>> for batch in np.array_split(np.random.default_rng(0).normal(size=(1000, 8)), 7):
-    ...     stats.update(batch)
+    ...     _ = stats.update(batch)
     >>> round(frechet_distance(stats.mean, stats.cov, stats.mean + 1.0, stats.cov), 6)  # |Δμ|² = 8
     8.0
 """

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from latentfm.atomic import write_bytes_atomic
-from latentfm.errors import LatentFMError
+from latentfm.errors import LatentFMError, first_difference
 
 FORMAT = "latentfm-stats/1"
 
@@ -74,10 +74,9 @@ def load_reference(path: str | Path) -> ReferenceStats:
 
 def check_protocol(reference: ReferenceStats, protocol: dict[str, Any], path: str | Path) -> None:
     """Refuse ``reference`` (read from ``path``) when it was made under another protocol than ``protocol``."""
-    for key in sorted(set(reference.protocol) | set(protocol)):
-        theirs, ours = reference.protocol.get(key), protocol.get(key)
-        if theirs != ours:
-            raise LatentFMError(
-                f"reference statistics {path} were made with {key} = {theirs!r}, this evaluation uses {ours!r}: "
-                "recompute them with `latentfm stats` under the same protocol"
-            )
+    difference = first_difference(reference.protocol, protocol)
+    if difference is not None:
+        raise LatentFMError(
+            f"reference statistics {path} were made with {difference.key} = {difference.old!r}, this evaluation "
+            f"uses {difference.new!r}: recompute them with `latentfm stats` under the same protocol"
+        )

@@ -3,22 +3,34 @@ point ``sample``."""
 
 from latentfm.sampling.guidance import GuidedVelocity
 from latentfm.sampling.program import SearchedSchedule, load_schedule, schedule_from_text
-from latentfm.sampling.sample import ADAPTIVE_SOLVERS, SampleStats, sample
+from latentfm.sampling.sample import SampleStats, sample
 from latentfm.sampling.schedules import time_grid
 from latentfm.sampling.search import search_schedule
-from latentfm.sampling.solvers import FIXED_SOLVERS, integrate, rules_nfe
+from latentfm.sampling.settings import (
+    ADAPTIVE_SOLVERS,
+    DEFAULT_NFE,
+    DEFAULT_SOLVER,
+    SamplerSettings,
+    settings_from_section,
+)
+from latentfm.sampling.solvers import FIXED_SOLVERS, heun_sampler, integrate, rules_nfe
 
 __all__ = [
     "ADAPTIVE_SOLVERS",
+    "DEFAULT_NFE",
+    "DEFAULT_SOLVER",
     "FIXED_SOLVERS",
     "GuidedVelocity",
     "SampleStats",
+    "SamplerSettings",
     "SearchedSchedule",
+    "heun_sampler",
     "integrate",
     "load_schedule",
     "rules_nfe",
     "sample",
     "schedule_from_text",
     "search_schedule",
+    "settings_from_section",
     "time_grid",
 ]

@@ -10,9 +10,8 @@ import torch
 from latentfm.errors import LatentFMError
 from latentfm.sampling.program import SearchedSchedule
 from latentfm.sampling.schedules import Schedule, explicit_steps, time_grid
-from latentfm.sampling.solvers import FIXED_SOLVERS, Velocity, integrate, rules_nfe, solver_rules
-
-ADAPTIVE_SOLVERS = ("dopri5",)
+from latentfm.sampling.settings import ADAPTIVE_TOLERANCE, SamplerSettings
+from latentfm.sampling.solvers import Velocity, integrate, rules_nfe, solver_rules
 
 
 @dataclass
@@ -49,64 +48,54 @@ def _steps_for_budget(solver: str, nfe: int, skip_last: bool) -> tuple[int, str]
     return steps, "" if spent == nfe else f"nfe budget {nfe}: {steps} {solver} steps use {spent}"
 
 
-def _resolve_steps(solver: str, steps: int | None, nfe: int | None, schedule: Schedule, skip_last: bool):
-    """The step count from exactly one of ``steps``, an ``nfe`` budget or an explicit schedule."""
-    fixed = explicit_steps(schedule)
-    if steps is not None and nfe is not None:
-        raise LatentFMError("give either steps or an nfe budget, not both")
-    if steps is None and nfe is None:
-        if fixed is None:
-            raise LatentFMError("give either steps or an nfe budget (or an explicit schedule)")
-        return fixed, ""
-    if steps is not None:
-        if steps < 1:
-            raise LatentFMError(f"steps={steps} must be at least 1")
-        return steps, ""
-    return _steps_for_budget(solver, nfe, skip_last)
+def _fixed_step(counted: _CountingVelocity, x0: torch.Tensor, settings: SamplerSettings):
+    """A named fixed-step solver on its time grid."""
+    skip_last = bool(settings.options.get("skip_last", False))
+    steps, note = settings.steps or explicit_steps(settings.schedule), ""
+    if settings.budget is not None:
+        steps, note = _steps_for_budget(settings.solver, settings.budget, skip_last)
+    times = time_grid(settings.schedule, steps).tolist()
+    x = integrate(counted, x0, times, solver_rules(settings.solver, steps, skip_last))
+    return x, SampleStats(settings.solver, steps, counted.calls, times, note)
 
 
-def _run_searched(schedule: SearchedSchedule, counted: _CountingVelocity, x0: torch.Tensor, steps, nfe):
-    if steps is not None and steps != len(schedule.rules):
-        raise LatentFMError(f"the searched schedule has {len(schedule.rules)} steps, not steps={steps}")
-    if nfe is not None and nfe != schedule.nfe:
-        raise LatentFMError(f"the searched schedule spends {schedule.nfe} NFE, not nfe={nfe}; search one for {nfe}")
-    x = schedule.run(counted, x0)
-    return x, SampleStats("searched", len(schedule.rules), counted.calls, list(schedule.times))
+def _searched(counted: _CountingVelocity, x0: torch.Tensor, settings: SamplerSettings):
+    """A searched program: its own times and per-step rules."""
+    program = settings.schedule
+    if settings.steps is not None and settings.steps != len(program.rules):
+        raise LatentFMError(f"the searched schedule has {len(program.rules)} steps, not steps={settings.steps}")
+    if settings.nfe is not None and settings.nfe != program.nfe:
+        raise LatentFMError(
+            f"the searched schedule spends {program.nfe} NFE, not nfe={settings.nfe}; search one for that"
+        )
+    x = program.run(counted, x0)
+    return x, SampleStats("searched", len(program.rules), counted.calls, list(program.times))
 
 
-def _adaptive(counted: _CountingVelocity, x0: torch.Tensor, rtol: float, atol: float) -> tuple[torch.Tensor, str]:
+def _adaptive(counted: _CountingVelocity, x0: torch.Tensor, settings: SamplerSettings):
     """dopri5 from torchdiffeq over [0, 1] with the given tolerances."""
     from torchdiffeq import odeint
+
+    rtol = settings.options.get("rtol", ADAPTIVE_TOLERANCE)
+    atol = settings.options.get("atol", ADAPTIVE_TOLERANCE)
 
     def field(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return counted(x, t.to(torch.float32).expand(x.shape[0])).to(x.dtype)
 
     span = torch.tensor([0.0, 1.0], dtype=torch.float64, device=x0.device)
-    return odeint(field, x0, span, rtol=rtol, atol=atol, method="dopri5")[-1], f"dopri5 rtol={rtol} atol={atol}"
-
-
-def _check_options(solver: str, schedule, steps: int | None, nfe: int | None, options: dict[str, Any]) -> None:
-    """Refuse settings that would be silently ignored."""
-    searched = isinstance(schedule, SearchedSchedule)
-    allowed = set() if searched else {"rtol", "atol"} if solver in ADAPTIVE_SOLVERS else {"skip_last"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        uses = "a searched schedule takes no options" if searched else f"{solver} takes {', '.join(sorted(allowed))}"
-        raise LatentFMError(f"sampling option {unknown[0]!r} does not apply: {uses}")
-    if options.get("skip_last") and solver != "heun":
-        raise LatentFMError(f"skip_last applies to heun only, not {solver!r}")
-    if solver in ADAPTIVE_SOLVERS and not searched and (steps is not None or nfe is not None or schedule != "uniform"):
-        raise LatentFMError(f"{solver} is adaptive: give rtol/atol, not steps, nfe or a schedule")
+    x = odeint(field, x0, span, rtol=rtol, atol=atol, method="dopri5")[-1]
+    return x, SampleStats(settings.solver, 0, counted.calls, [0.0, 1.0], f"dopri5 rtol={rtol} atol={atol}")
 
 
 @torch.no_grad()
 def sample(
     velocity: Velocity,
     x0: torch.Tensor,
-    solver: str = "heun",
+    solver: str | None = None,
     steps: int | None = None,
     nfe: int | None = None,
     schedule: Schedule | SearchedSchedule = "uniform",
+    settings: SamplerSettings | None = None,
     **options: Any,
 ) -> tuple[torch.Tensor, SampleStats]:
     """Solve ``dx/dt = velocity(x, t)`` from ``x0`` at t=0 to t=1.
@@ -114,16 +103,8 @@ def sample(
     Args:
         velocity: ``velocity(x, t) -> v`` with ``t`` a float tensor of shape ``[B]``.
         x0: the source sample (batch first); the state keeps its dtype.
-        solver: a fixed-step solver (``euler``, ``heun``, ``midpoint``, ``rk4``, ``ab2``, ``ab3``, ``pc``; see
-            ``latentfm.sampling.solvers``) or the adaptive ``dopri5``.
-        steps: number of solver steps, or
-        nfe: a budget of velocity calls per sample; the largest step count that fits is used and ``stats.note``
-            says so when it spends less.
-        schedule: a named schedule (``uniform``, ``shift:S``, ``edm:RHO``, ``cosine``), an explicit increasing
-            list of times from 0 to 1, or a ``SearchedSchedule`` (then it is the whole recipe: times and
-            per-step rules, and ``solver`` is ignored).
-        options: ``skip_last=True`` ends Heun with an Euler step (EDM); ``rtol``/``atol`` for dopri5
-            (default 1e-5 each).
+        solver, steps, nfe, schedule, options: as in ``SamplerSettings`` (default: midpoint at 8 NFE), or
+        settings: a whole ``SamplerSettings`` instead (its guidance fields belong to the caller's velocity).
 
     Returns:
         ``(x1, stats)`` with ``stats.nfe`` the exact number of velocity calls per sample.
@@ -133,17 +114,14 @@ def sample(
         >>> x1[0].tolist(), stats.nfe
         ([1.0, 1.0, 1.0], 4)
     """
+    if settings is None:
+        given = {"solver": solver} if solver is not None else {}
+        settings = SamplerSettings(**given, steps=steps, nfe=nfe, schedule=schedule, options=options)
+    elif solver is not None or steps is not None or nfe is not None or schedule != "uniform" or options:
+        raise LatentFMError("give either settings or solver/steps/nfe/schedule/options, not both")
     counted = _CountingVelocity(velocity)
-    _check_options(solver, schedule, steps, nfe, options)
-    if isinstance(schedule, SearchedSchedule):
-        return _run_searched(schedule, counted, x0, steps, nfe)
-    if solver in ADAPTIVE_SOLVERS:
-        x, note = _adaptive(counted, x0, options.get("rtol", 1e-5), options.get("atol", 1e-5))
-        return x, SampleStats(solver, 0, counted.calls, [0.0, 1.0], note)
-    if solver not in FIXED_SOLVERS:
-        raise LatentFMError(f"solver={solver!r} is unknown; use one of {', '.join(FIXED_SOLVERS + ADAPTIVE_SOLVERS)}")
-    skip_last = bool(options.get("skip_last", False))
-    n_steps, note = _resolve_steps(solver, steps, nfe, schedule, skip_last)
-    times = time_grid(schedule, n_steps).tolist()
-    x = integrate(counted, x0, times, solver_rules(solver, n_steps, skip_last))
-    return x, SampleStats(solver=solver, steps=n_steps, nfe=counted.calls, times=times, note=note)
+    if settings.searched:
+        return _searched(counted, x0, settings)
+    if settings.adaptive:
+        return _adaptive(counted, x0, settings)
+    return _fixed_step(counted, x0, settings)

@@ -29,12 +29,27 @@ import torch
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Time = float | torch.Tensor
-RULES = ("euler", "heun", "pc", "midpoint", "rk4", "ab2", "ab3", "lms")
-FIXED_SOLVERS = ("euler", "heun", "midpoint", "rk4", "ab2", "ab3", "pc")
 HISTORY = 3  # step starts kept for multistep rules (ab3 and lms use at most three)
-_CALLS = {"euler": 1, "ab2": 1, "ab3": 1, "lms": 1, "midpoint": 2, "rk4": 4, "heun": 2}
 _GAUSS_NODES = (0.5 - 0.5 * 0.6**0.5, 0.5, 0.5 + 0.5 * 0.6**0.5)  # 3-point Gauss-Legendre on [0, 1]
 _GAUSS_WEIGHTS = (5 / 18, 8 / 18, 5 / 18)
+
+
+def heun_sampler(velocity: Velocity, x: torch.Tensor, steps: int = 4) -> torch.Tensor:
+    """The canonical second-order sampler, to read first: Heun's method (the explicit trapezoid) on a uniform
+    grid from the source at t=0 to data at t=1, two velocity calls per step.
+
+    Example:
+        >>> x = heun_sampler(lambda x, t: 2 * t[:, None].to(x.dtype), torch.zeros(1, 1), steps=2)
+        >>> x.tolist()  # dx/dt = 2t from 0: x(1) = 1, exact for a trapezoid
+        [[1.0]]
+    """
+    times = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
+    for t, t_next in zip(times[:-1], times[1:]):
+        h = t_next - t
+        v = _call(velocity, x, t)
+        v_next = _call(velocity, x + h * v, t_next)
+        x = x + 0.5 * h * (v + v_next)
+    return x
 
 
 def _call(velocity: Velocity, x: torch.Tensor, t: Time) -> torch.Tensor:
@@ -44,12 +59,41 @@ def _call(velocity: Velocity, x: torch.Tensor, t: Time) -> torch.Tensor:
 
 
 @dataclass
-class _History:
-    """Velocities at earlier step starts (for multistep rules) and the kept end velocity (for ``pc``)."""
+class Past:
+    """What a step may use besides its start: earlier step starts and states (newest last) for multistep
+    rules, and the step's ``lms`` coefficients."""
 
     starts: deque[tuple[Time, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     states: deque[torch.Tensor] = field(default_factory=lambda: deque(maxlen=HISTORY))
-    kept: torch.Tensor | None = None
+    coefficients: Sequence[float] | torch.Tensor | None = None
+
+
+def euler_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """First order: one call (``v`` at the start)."""
+    return x + (t_next - t) * v, None
+
+
+def heun_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """The explicit trapezoid: the velocity at the Euler end point is averaged with ``v``; it is returned to be
+    kept (FlowTurbo's pseudo-corrector starts the next step from it)."""
+    h = t_next - t
+    v_next = _call(f, x + h * v, t_next)
+    return x + 0.5 * h * (v + v_next), v_next
+
+
+def midpoint_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """Second order: the velocity at the half-step Euler point."""
+    h = t_next - t
+    return x + h * _call(f, x + 0.5 * h * v, t + 0.5 * h), None
+
+
+def rk4_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """Classic fourth-order Runge-Kutta."""
+    h = t_next - t
+    k2 = _call(f, x + 0.5 * h * v, t + 0.5 * h)
+    k3 = _call(f, x + 0.5 * h * k2, t + 0.5 * h)
+    k4 = _call(f, x + h * k3, t_next)
+    return x + h / 6.0 * (v + 2 * k2 + 2 * k3 + k4), None
 
 
 def adams_bashforth_weights(times: Sequence[Time], t_next: Time) -> list[Time]:
@@ -70,38 +114,52 @@ def adams_bashforth_weights(times: Sequence[Time], t_next: Time) -> list[Time]:
     return weights
 
 
-def _step(
-    rule: str, f: Velocity, x: torch.Tensor, t: Time, t_next: Time, memory: _History, coefficients=None
-) -> torch.Tensor:
-    """One step of ``rule`` from ``t`` to ``t_next``, updating ``memory`` (``coefficients`` for ``lms``)."""
-    h = t_next - t
-    reuse = rule == "pc" and memory.kept is not None
-    v0 = memory.kept if reuse else _call(f, x, t)
-    memory.starts.append((t, v0))
-    memory.states.append(x)
-    memory.kept = None
-    if rule == "euler":
-        return x + h * v0
-    if rule in ("heun", "pc"):
-        v1 = _call(f, x + h * v0, t_next)
-        memory.kept = v1
-        return x + 0.5 * h * (v0 + v1)
-    if rule == "midpoint":
-        return x + h * _call(f, x + 0.5 * h * v0, t + 0.5 * h)
-    if rule == "rk4":
-        k2 = _call(f, x + 0.5 * h * v0, t + 0.5 * h)
-        k3 = _call(f, x + 0.5 * h * k2, t + 0.5 * h)
-        k4 = _call(f, x + h * k3, t_next)
-        return x + h / 6.0 * (v0 + 2 * k2 + 2 * k3 + k4)
-    if rule == "lms":
-        history = len(coefficients) // 2
-        a, c = coefficients[:history], coefficients[history:]
-        states = sum(a_j * x_j for a_j, x_j in zip(a, reversed(memory.states)))
-        return states + h * sum(c_j * v_j for c_j, (_, v_j) in zip(c, reversed(memory.starts)))
-    order = min(int(rule[2]), len(memory.starts))
-    nodes = list(reversed(memory.starts))[:order]
+def _adams_bashforth(order: int, x: torch.Tensor, t_next: Time, past: Past) -> torch.Tensor:
+    """Adams-Bashforth of ``order`` (lower while fewer step starts exist) on variable steps."""
+    nodes = list(reversed(past.starts))[: min(order, len(past.starts))]
     weights = adams_bashforth_weights([time for time, _ in nodes], t_next)
-    return x + h * sum(w * v for w, (_, v) in zip(weights, nodes))
+    return x + (t_next - nodes[0][0]) * sum(w * v for w, (_, v) in zip(weights, nodes))
+
+
+def ab2_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """Adams-Bashforth, second order, one call."""
+    return _adams_bashforth(2, x, t_next, past), None
+
+
+def ab3_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """Adams-Bashforth, third order, one call."""
+    return _adams_bashforth(3, x, t_next, past), None
+
+
+def lms_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """A learned linear multistep step: ``sum_j a_j x_j + h sum_j c_j v_j`` (newest first), one call."""
+    history = len(past.coefficients) // 2
+    a, c = past.coefficients[:history], past.coefficients[history:]
+    states = sum(a_j * x_j for a_j, x_j in zip(a, reversed(past.states)))
+    return states + (t_next - t) * sum(c_j * v_j for c_j, (_, v_j) in zip(c, reversed(past.starts))), None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An update rule and its cost: ``calls`` velocity calls per step, one fewer when it ``reuses_kept`` and
+    the previous step kept its end velocity."""
+
+    step: Callable
+    calls: int
+    reuses_kept: bool = False
+
+
+RULES: dict[str, Rule] = {  # the single source of NFE accounting
+    "euler": Rule(euler_step, 1),
+    "heun": Rule(heun_step, 2),
+    "pc": Rule(heun_step, 2, reuses_kept=True),
+    "midpoint": Rule(midpoint_step, 2),
+    "rk4": Rule(rk4_step, 4),
+    "ab2": Rule(ab2_step, 1),
+    "ab3": Rule(ab3_step, 1),
+    "lms": Rule(lms_step, 1),
+}
+FIXED_SOLVERS = ("euler", "heun", "midpoint", "rk4", "ab2", "ab3", "pc")
 
 
 def integrate(
@@ -116,28 +174,31 @@ def integrate(
     ``coefficients[i]`` are the state and velocity weights of an ``lms`` step (newest first).
     ``times`` and ``coefficients`` may be tensors that require grad (the search differentiates through them).
     """
-    memory = _History()
-    for i, rule in enumerate(rules):
-        step_coefficients = None if coefficients is None else coefficients[i]
-        x = _step(rule, velocity, x, times[i], times[i + 1], memory, step_coefficients)
+    past, kept = Past(), None
+    for i, name in enumerate(rules):
+        rule, t = RULES[name], times[i]
+        v = kept if rule.reuses_kept and kept is not None else _call(velocity, x, t)
+        past.starts.append((t, v))
+        past.states.append(x)
+        past.coefficients = None if coefficients is None else coefficients[i]
+        x, kept = rule.step(velocity, x, t, times[i + 1], v, past)
     return x
 
 
 def rules_nfe(rules: Sequence[str]) -> int:
     """The exact number of velocity calls ``integrate`` makes with ``rules``."""
     calls, kept = 0, False
-    for rule in rules:
-        calls += _CALLS.get(rule, 1 if kept else 2)  # pc: one call when a velocity was kept, else Heun's two
-        kept = rule in ("heun", "pc")
+    for name in rules:
+        rule = RULES[name]
+        calls += rule.calls - (rule.reuses_kept and kept)
+        kept = rule.step is heun_step
     return calls
 
 
 def solver_rules(solver: str, steps: int, skip_last: bool = False) -> list[str]:
     """The per-step rules of a named fixed-step solver; ``skip_last`` ends Heun with an Euler step (EDM)."""
-    if solver == "pc":
-        return ["heun"] + ["pc"] * (steps - 1)
-    if solver == "ab3":
-        return ["heun"] + ["ab3"] * (steps - 1)
+    if solver in ("pc", "ab3"):  # pc needs a kept velocity; ab3 starts with Heun to keep third order
+        return ["heun"] + [solver] * (steps - 1)
     rules = [solver] * steps
     if skip_last and solver == "heun":
         rules[-1] = "euler"

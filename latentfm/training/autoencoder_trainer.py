@@ -7,6 +7,7 @@ exact resume, DDP, EMA, bf16 autocast on GPU, progress, atomic checkpoints. The 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentfm.atomic import write_bytes_atomic
 from latentfm.autoencoders import Autoencoder
-from latentfm.autoencoders.kl import KLAutoencoder, PatchDiscriminator, kl_divergence
+from latentfm.autoencoders.kl import KLAutoencoder, PatchDiscriminator, kl_divergence, load_kl_autoencoder
+from latentfm.checkpoint import DataShapes
 from latentfm.config import AutoencoderRunConfig
 from latentfm.data import ImageData, load_data_config
 from latentfm.errors import LatentFMError
@@ -25,7 +28,6 @@ from latentfm.seeding import derive_seed, generator
 from latentfm.training.ema import EMA
 from latentfm.training.loop import INIT, MODEL, NOISE, TrainingLoop
 
-CHECKPOINT_KIND = "kl_autoencoder"
 PREVIEW_IMAGES = 8
 
 
@@ -88,9 +90,18 @@ class AutoencoderTrainer(TrainingLoop):
     def checkpoint_state(self) -> dict[str, Any]:
         """What ``load_kl_autoencoder`` checks: the checkpoint kind and the image and latent shapes."""
         return {
-            "kind": CHECKPOINT_KIND,
-            "data": {"image_shape": list(self.data.images.shape[1:]), "latent_shape": list(self.latent_shape)},
+            "kind": "autoencoder",
+            "data": DataShapes(image_shape=list(self.data.images.shape[1:]), latent_shape=list(self.latent_shape)),
         }
+
+    def evaluate_reconstruction(self, checkpoint: Path, split: str) -> dict[str, Any]:
+        """8-bit PSNR of the EMA autoencoder of ``checkpoint`` on ``split``, written to ``RUN/eval.json``."""
+        data = load_data_config(self.config.data, split)
+        autoencoder = load_kl_autoencoder(checkpoint).to(self.device)
+        psnr = reconstruction_psnr(autoencoder, data, device=self.device, progress=True)
+        report = {"checkpoint": str(checkpoint), "split": split, "images": len(data), "psnr_db": psnr}
+        write_bytes_atomic(self.run_dir / "eval.json", json.dumps(report, indent=1).encode())
+        return report
 
     # -- one step ------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from latentfm import __version__
 from latentfm import checkpoint as ckpt
 from latentfm.config import OptimConfig, config_from_dict, config_to_dict
 from latentfm.distributed import barrier, mean_across_ranks, setup_distributed
-from latentfm.errors import LatentFMError
+from latentfm.errors import LatentFMError, first_difference
 from latentfm.seeding import generator
 
 # Independent random streams, each seeded from (train.seed, stream, ...).
@@ -44,24 +44,12 @@ RESUMABLE_KEYS = {
 }
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def config_difference(saved: Any, current: Any) -> str | None:
     """The first key whose change would break an exact resume, or None."""
-    old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(current))
-    for key in sorted(old):
-        resumable = key in RESUMABLE_KEYS or key.split(".")[0] in RESUMABLE_KEYS
-        if not resumable and old[key] != new.get(key):
-            return f"{key}: {old[key]!r} in the checkpoint, {new.get(key)!r} now"
-    return None
+    difference = first_difference(config_to_dict(saved), config_to_dict(current), ignore=RESUMABLE_KEYS)
+    if difference is None:
+        return None
+    return f"{difference.key}: {difference.old!r} in the checkpoint, {difference.new!r} now"
 
 
 def learning_rate(optim: OptimConfig, total_steps: int, step: int) -> float:
@@ -167,7 +155,7 @@ class TrainingLoop:
         found = ckpt.list_checkpoints(self.run_dir)
         if not found:
             return None
-        saved = config_from_dict(ckpt.read_state(found[-1])["config"], cls=type(self.config))
+        saved = config_from_dict(ckpt.read_state(found[-1]).config, cls=type(self.config))
         difference = config_difference(saved, self.config)
         if difference:
             raise LatentFMError(
@@ -187,7 +175,8 @@ class TrainingLoop:
         raise NotImplementedError
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """The JSON part of a checkpoint besides ``step`` and ``config``."""
+        """The fields of ``CheckpointState`` besides ``step``, ``config`` and the bookkeeping: ``kind``,
+        ``data`` and what the kind needs."""
         raise NotImplementedError
 
     def load(self, directory: Path) -> None:
@@ -196,7 +185,7 @@ class TrainingLoop:
             module.load_state_dict(ckpt.read_tensors(directory, name))
         for name, optimizer in self.checkpoint_optimizers().items():
             optimizer.load_state_dict(ckpt.read_optimizer(directory, name))
-        self.step = ckpt.read_state(directory)["step"]
+        self.step = ckpt.read_state(directory).step
         if self.dist.is_main:
             print(f"resumed from {directory} at step {self.step}")
 
@@ -206,16 +195,14 @@ class TrainingLoop:
         if self.dist.is_main:
             weights = {name: module.state_dict() for name, module in self.checkpoint_modules().items()}
             optimizers = {name: opt.state_dict() for name, opt in self.checkpoint_optimizers().items()}
-            state = {
-                "version": __version__,
-                "step": self.step,
-                "config": config_to_dict(self.config),
+            train_seed = self.config.train.seed
+            state = ckpt.CheckpointState(
+                step=self.step,
+                config=config_to_dict(self.config),
+                version=__version__,
+                rng={"scheme": "stateless: step s draws from (seed, stream, s[, rank])", "seed": train_seed},
                 **self.checkpoint_state(),
-                "rng": {
-                    "scheme": "stateless: step s draws from (seed, stream, s[, rank])",
-                    "seed": self.config.train.seed,
-                },
-            }
+            )
             ckpt.save_checkpoint(directory, weights, optimizers, state)
             ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
         barrier()

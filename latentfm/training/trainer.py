@@ -1,11 +1,13 @@
 """The flow-matching trainer: AdamW, warm-up, clipping, EMA, bf16 autocast, DDP, exact resume.
 
-The source noise and times of step ``s`` are drawn for the whole global batch from ``(seed, s)`` like the
-batch itself (see ``latentfm.training.loop``), so resumed and multi-rank runs match a single run exactly.
+The objective (``latentfm.flow.FlowObjective``) draws the source noise and times of step ``s`` for the whole
+global batch from ``(seed, s)`` like the batch itself (see ``latentfm.training.loop``), so resumed and
+multi-rank runs match a single run exactly; the task (``latentfm.tasks``) says what the condition is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +16,17 @@ import torch
 from latentfm import checkpoint as ckpt
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity, latent_norm_for
-from latentfm.condition import Condition
 from latentfm.config import Config
 from latentfm.data import EncodedImages, ImageData, LatentCache, load_data_config
 from latentfm.data.latent_cache import check_cache_autoencoder
 from latentfm.errors import LatentFMError
-from latentfm.evaluation import TrainingEvaluation
-from latentfm.flow import build_path, build_time_sampler, flow_matching_loss
+from latentfm.flow import FlowObjective, build_coupling, build_path, build_time_sampler, flow_matching_loss
 from latentfm.image_io import save_grid
 from latentfm.models.build import build_model
 from latentfm.pipeline import FlowPipeline
-from latentfm.sampling import ADAPTIVE_SOLVERS
+from latentfm.sampling import SamplerSettings, settings_from_section
 from latentfm.seeding import derive_seed, generator
+from latentfm.tasks import build_task
 from latentfm.training.ema import EMA
 from latentfm.training.loop import ENCODE, INIT, MODEL, NOISE, NORM, TrainingLoop
 
@@ -34,22 +35,30 @@ class Trainer(TrainingLoop):
     """Trains a flow model from a Config; ``run()`` resumes from the run directory's latest checkpoint.
 
     ``data`` may be given directly (an in-memory ImageData) instead of through ``config.data``.
+    ``make_evaluation(image_shape, device)`` builds the evaluator that scores EMA samples every ``eval.every``
+    steps (``latentfm.evaluation.training_evaluation`` makes it from the ``eval`` section).
     """
 
-    def __init__(self, config: Config, data: ImageData | None = None):
+    def __init__(self, config: Config, data: ImageData | None = None, make_evaluation: Callable | None = None):
         super().__init__(config)
         train = config.train
+        self.task = build_task(config.task.kind)
+        self.sampler: SamplerSettings = settings_from_section(config.sample)
         self.autoencoder, self.latents = self._latent_source(data)
         self.autoencoder_identity = autoencoder_identity(self.autoencoder, config.autoencoder.kind)
         if isinstance(self.latents, LatentCache):
             check_cache_autoencoder(self.latents, self.autoencoder_identity)
         if len(self.latents) < train.batch_size:
             raise LatentFMError(f"train.batch_size={train.batch_size} exceeds the {len(self.latents)} training items")
-        self.path = build_path(config.flow.path, config.flow.sigma_min)
-        self.draw_times = build_time_sampler(config.flow.t_sampler, config.flow.t_loc, config.flow.t_scale)
+        flow = config.flow
+        self.objective = FlowObjective(
+            build_coupling(flow.coupling),
+            build_path(flow.path, flow.sigma_min),
+            build_time_sampler(flow.t_sampler, flow.t_loc, flow.t_scale),
+        )
         resumed = self.find_resume_checkpoint()
         if resumed:
-            self.latent_norm = LatentNorm(**ckpt.read_state(resumed)["latent_norm"])
+            self.latent_norm = LatentNorm(**ckpt.read_state(resumed, "flow").latent_norm)
         else:
             self.latent_norm = latent_norm_for(self.autoencoder, config.autoencoder.normalize, self._moments)
         self.latent_shape = tuple(self.latents.batch(torch.arange(1), device=self.device)[0].shape[1:])
@@ -61,25 +70,14 @@ class Trainer(TrainingLoop):
         if resumed:
             self.load(resumed)
         self.train_model = self.wrap(self.model)
-        self.evaluation = self._training_evaluation()
-
-    def _training_evaluation(self) -> TrainingEvaluation | None:
-        """The ``eval`` section's evaluator, checked before training starts (None when it is off)."""
-        settings = self.config.eval
-        if not settings.every:
-            return None
-        if not settings.features or not settings.reference:
-            raise LatentFMError("eval.every is set: also set eval.features and eval.reference (see `latentfm stats`)")
-        if settings.samples < 2:
-            raise LatentFMError(f"eval.samples={settings.samples}: a Fréchet distance needs at least 2 samples")
-        self.eval_every = settings.every
-        return TrainingEvaluation(settings.features, settings.reference, tuple(self.latents.image_shape), self.device)
+        if config.eval.every and make_evaluation is None:
+            raise LatentFMError("eval.every is set but no evaluator was given (`latentfm train` builds it)")
+        self.evaluation = make_evaluation and make_evaluation(tuple(self.latents.image_shape), self.device)
+        self.eval_every = config.eval.every if self.evaluation is not None else 0
 
     def evaluate(self) -> dict[str, Any]:
-        """FD (and class accuracy) of EMA samples drawn with the ``sample`` section's solver, NFE and guidance."""
-        s = self.config.sample
-        sampling = {"solver": s.solver, "nfe": None if s.solver in ADAPTIVE_SOLVERS else s.nfe, "cfg": s.cfg}
-        return self.evaluation(self.pipeline(), self.config.eval.samples, self.config.train.seed, sampling)
+        """FD (and class accuracy) of EMA samples drawn with the recipe's sampler (the ``sample`` section)."""
+        return self.evaluation(self.pipeline(), self.config.eval.samples, self.config.train.seed, self.sampler)
 
     def _latent_source(self, data: ImageData | None) -> tuple[Autoencoder, LatentCache | EncodedImages]:
         """The autoencoder and where latents come from: ``data.latent_cache`` if set, else images encoded
@@ -118,38 +116,36 @@ class Trainer(TrainingLoop):
     def checkpoint_state(self) -> dict[str, Any]:
         """Latent normalisation, data shapes and the autoencoder's identity (to refuse other weights later)."""
         return {
+            "kind": "flow",
             "latent_norm": {"shift": self.latent_norm.shift, "scale": self.latent_norm.scale},
-            "data": {
-                "num_classes": self.latents.num_classes,
-                "class_names": self.latents.class_names,
-                "image_shape": list(self.latents.image_shape),
-                "latent_shape": list(self.latent_shape),
-            },
+            "data": ckpt.DataShapes(
+                image_shape=list(self.latents.image_shape),
+                latent_shape=list(self.latent_shape),
+                num_classes=self.latents.num_classes,
+                class_names=self.latents.class_names,
+            ),
             "autoencoder": self.autoencoder_identity,
         }
 
     # -- one step ------------------------------------------------------------------------------------
 
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """This rank's (x0, t, x1, labels) for ``step``, drawn statelessly from the global batch."""
+    def _data(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's normalised latents and labels for ``step``, drawn statelessly from the global batch."""
         indices, flips = self.batch_indices(len(self.latents), step)
         torch.manual_seed(derive_seed(self.config.train.seed, ENCODE, step, self.dist.rank))  # posterior samples
         latents, labels = self.latents.batch(indices, flips, device=self.device)
-        x1 = self.latent_norm.normalize(latents)
-        size = self.config.train.batch_size
-        device_rng = generator(self.device, self.config.train.seed, NOISE, step)
-        x0 = torch.randn((size, *x1.shape[1:]), generator=device_rng, device=self.device)[self.rank_slice()]
-        t = self.draw_times(size, device_rng, self.device)[self.rank_slice()]
-        return x0, t, x1, labels
+        return self.latent_norm.normalize(latents), labels
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step; returns the detached loss."""
-        x0, t, x1, labels = self._batch(self.step)
+        x1, labels = self._data(self.step)
+        noise = generator(self.device, self.config.train.seed, NOISE, self.step)
+        groups = self.task.coupling_groups(labels)
+        flow = self.objective(x1, noise, groups, self.config.train.batch_size, self.rank_slice())
         torch.manual_seed(derive_seed(self.config.train.seed, MODEL, self.step, self.dist.rank))
-        x_t, target = self.path.sample(x0, x1, t)
         with self.autocast():
-            predicted = self.train_model(x_t, t, Condition(labels=labels))
-        loss = flow_matching_loss(predicted, target)
+            predicted = self.train_model(flow.x_t, flow.t, self.task.training_condition(x1, labels))
+        loss = flow_matching_loss(predicted, flow.u_t)
         self.optimise(loss, self.model, self.optimizer)
         self.ema.update(self.model, self.step)
         self.step += 1
@@ -168,6 +164,8 @@ class Trainer(TrainingLoop):
             image_shape=tuple(self.latents.image_shape),
             class_names=self.latents.class_names,
             autocast_dtype=self.autocast_dtype,
+            task=self.task,
+            sampler=self.sampler,
         )
 
     def save_samples(self) -> Path:
@@ -176,7 +174,7 @@ class Trainer(TrainingLoop):
         classes = max(1, self.latents.num_classes)
         labels = torch.arange(classes).repeat_interleave(s.per_class) if self.latents.num_classes else None
         images, _ = self.pipeline().generate(
-            labels, n=classes * s.per_class, seed=self.config.train.seed, solver=s.solver, nfe=s.nfe, cfg=s.cfg
+            labels, n=classes * s.per_class, seed=self.config.train.seed, settings=self.sampler
         )
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_grid(images, path, columns=s.per_class)

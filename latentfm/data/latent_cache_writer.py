@@ -1,0 +1,205 @@
+"""Writing a latent cache (``latentfm encode``): the manifest first, then shards, each atomically; resumable,
+shared across ``torchrun`` ranks, and marked complete with the moments of all latents at the end. The layout
+and the reader are in ``latentfm.data.latent_cache``."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from latentfm.atomic import write_bytes_atomic
+from latentfm.autoencoders import build_autoencoder
+from latentfm.autoencoders.base import Autoencoder, LatentNorm, autoencoder_identity, check_image_size
+from latentfm.config import Config
+from latentfm.data.images import ImageData, load_data_config
+from latentfm.data.latent_cache import (
+    DTYPES,
+    FORMAT,
+    MANIFEST,
+    cache_difference,
+    read_manifest,
+    shard_count,
+    shard_path,
+)
+from latentfm.distributed import barrier, setup_distributed
+from latentfm.errors import LatentFMError
+from latentfm.seeding import derive_seed
+
+
+def cache_header(
+    data: ImageData,
+    autoencoder_identity: dict[str, Any],
+    data_description: dict[str, Any],
+    latent_shape: tuple[int, int, int],
+    hflip: bool = False,
+    dtype: str = "float32",
+    shard_size: int = 4096,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """The manifest of a cache before encoding: everything that identifies its contents.
+
+    An autoencoder that samples its posterior makes latents that also depend on the seed, the batch size
+    (one draw per call) and the device type, so those are part of the identity then.
+    """
+    if dtype not in DTYPES:
+        raise LatentFMError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    if shard_size < 1 or batch_size < 1:
+        raise LatentFMError(f"--shard-size {shard_size} and --batch-size {batch_size} must be at least 1")
+    sampling = None
+    if autoencoder_identity["posterior"] == "sample":
+        sampling = {"seed": seed, "batch_size": batch_size, "device_type": torch.device(device).type}
+    return {
+        "format": FORMAT,
+        "autoencoder": autoencoder_identity,
+        "dataset": {**data_description, "count": len(data), "fingerprint": data.fingerprint()},
+        "hflip": hflip,
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "sampling": sampling,
+        "latent_shape": list(latent_shape),
+        "image_shape": list(data.images.shape[1:]),
+        "num_classes": data.num_classes,
+        "class_names": data.class_names,
+        "complete": False,
+    }
+
+
+def prepare_cache(directory: str | Path, header: dict[str, Any], write: bool = True) -> bool:
+    """Check ``directory`` against ``header`` and (with ``write``) create its manifest if it has none.
+
+    Returns True when the cache is already complete. A cache made with another autoencoder, dataset or
+    layout is refused with a message that names the difference.
+    """
+    directory = Path(directory)
+    saved = read_manifest(directory)
+    if saved is None:
+        if directory.is_dir() and any(directory.iterdir()):
+            raise LatentFMError(f"{directory} is not empty and holds no {MANIFEST}; choose an empty or new --out")
+        if write:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(directory / MANIFEST, json.dumps(header, indent=1).encode())
+        return False
+    difference = cache_difference(saved, header)
+    if difference:
+        raise LatentFMError(f"latent cache {directory} was built differently ({difference}); use a new --out")
+    return bool(saved.get("complete"))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+@torch.no_grad()
+def encode_shards(
+    directory: str | Path,
+    header: dict[str, Any],
+    data: ImageData,
+    autoencoder: Autoencoder,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> int:
+    """Encode this rank's missing shards (every ``world_size``-th, from ``rank``); returns how many it wrote.
+
+    The global RNG is reseeded from ``(seed, shard)`` before each shard, so autoencoders that sample
+    their posterior give the same cache on any number of ranks.
+    """
+    directory, size = Path(directory), header["shard_size"]
+    todo = [s for s in range(rank, shard_count(header), world_size) if not shard_path(directory, s).is_file()]
+    bar = tqdm(total=sum(min(size, len(data) - s * size) for s in todo), desc="encoding", disable=not progress)
+    for shard in todo:
+        torch.manual_seed(derive_seed(seed, shard))
+        indices = torch.arange(shard * size, min((shard + 1) * size, len(data)))
+        parts = []
+        for chunk in indices.split(batch_size):
+            images, _ = data.batch(chunk, device=device)
+            views = [images, images.flip(-1)] if header["hflip"] else [images]
+            parts.append(torch.stack([autoencoder.encode(v).float() for v in views], dim=1).cpu())
+            bar.update(len(chunk))
+        latents = torch.cat(parts).numpy().astype(DTYPES[header["dtype"]])
+        if list(latents.shape[2:]) != header["latent_shape"]:
+            raise LatentFMError(
+                f"the autoencoder gave latents of shape {list(latents.shape[2:])}, expected {header['latent_shape']}"
+            )
+        _save_npy(shard_path(directory, shard), latents)
+    bar.close()
+    return len(todo)
+
+
+def finalize_cache(directory: str | Path, data: ImageData) -> dict[str, Any]:
+    """Once every shard exists: store the labels and the latents' per-channel moments, mark complete."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise LatentFMError(f"{directory} has no {MANIFEST}")
+    missing = [s for s in range(shard_count(manifest)) if not shard_path(directory, s).is_file()]
+    if missing:
+        raise LatentFMError(f"latent cache {directory} misses {len(missing)} shards; rerun latentfm encode")
+    if data.labels is not None:
+        _save_npy(directory / "labels.npy", data.labels.numpy().astype(np.int64))
+    shards = (torch.from_numpy(np.load(shard_path(directory, s))).flatten(0, 1) for s in range(shard_count(manifest)))
+    mean, var = LatentNorm.moments(shards)
+    manifest.update(complete=True, moments={"mean": mean, "var": var})
+    write_bytes_atomic(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def build_cache(
+    config: Config,
+    out: str | Path,
+    hflip: bool | None = None,
+    dtype: str = "float32",
+    shard_size: int = 4096,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> tuple[dict[str, Any] | None, int]:
+    """Encode ``config.data`` with ``config.autoencoder`` into the cache ``out`` (what ``latentfm encode`` does).
+
+    Resumes an unfinished cache; under ``torchrun`` the ranks share the shards. Returns the finished
+    manifest (on the main rank; None on the others) and the number of shards this rank encoded.
+    """
+    dist = setup_distributed(device)
+    data = load_data_config(config.data)
+    autoencoder = build_autoencoder(config.autoencoder, image_channels=data.images.shape[1]).to(dist.device)
+    check_image_size(data.images.shape, autoencoder)
+    with torch.no_grad():
+        latent_shape = tuple(autoencoder.encode(data.batch(torch.arange(1), device=dist.device)[0]).shape[1:])
+    d = config.data
+    description = {
+        "kind": d.dataset,
+        "path": d.path,
+        "split": d.split,
+        "image_size": d.image_size,
+        "channels": d.channels,
+    }
+    identity = autoencoder_identity(autoencoder, config.autoencoder.kind)
+    hflip = d.hflip if hflip is None else hflip
+    seed = config.train.seed
+    header = cache_header(
+        data, identity, description, latent_shape, hflip, dtype, shard_size, seed, batch_size, dist.device
+    )
+    # The main rank creates the manifest before the others look, so no rank sees a half-made directory.
+    complete = prepare_cache(out, header) if dist.is_main else False
+    barrier()
+    if not dist.is_main:
+        complete = prepare_cache(out, header, write=False)
+    if complete:
+        return (read_manifest(Path(out)) if dist.is_main else None), 0
+    written = encode_shards(
+        out, header, data, autoencoder, dist.device, batch_size, seed, dist.rank, dist.world_size, dist.is_main
+    )
+    barrier()
+    return (finalize_cache(out, data) if dist.is_main else None), written

@@ -1,0 +1,71 @@
+"""What determines an evaluation's numbers (EVALUATION.md); all of it is written into the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from latentfm.errors import LatentFMError
+from latentfm.sampling import ADAPTIVE_SOLVERS, SamplerSettings, SearchedSchedule, schedule_from_text
+from latentfm.sampling.schedules import Schedule
+
+KEEP_FEATURES = 10_000  # features kept per set for KID and precision/recall: a seeded random subset
+SPEED_SETTINGS = ("batch_size", "latency_batch", "latency_repeats")  # may change when an evaluation resumes
+
+
+@dataclass
+class EvalSettings:
+    """Everything that determines an evaluation's numbers (all of it is written into the report)."""
+
+    checkpoint: str
+    reference: str
+    features: str
+    classifier: str | None = None  # for class accuracy when ``features`` is InceptionV3
+    n: int = 50_000
+    seed: int = 0
+    solver: str | None = None  # None: the checkpoint's sample section (see ``filled_from``)
+    nfe: int | None = None
+    steps: int | None = None
+    schedule: str | None = None  # a name, a list "0,0.5,1" or a search-schedule JSON file
+    cfg: float | None = None
+    batch_size: int = 256
+    shard_size: int = 1000
+    keep_features: int = KEEP_FEATURES
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = 3
+    latency_batch: int = 64
+    latency_repeats: int = 5
+
+    def filled_from(self, recipe: SamplerSettings) -> EvalSettings:
+        """These settings with the sampler fields left open taken from ``recipe`` (a checkpoint's sampler), so
+        that the report states the whole sampler."""
+        given = {name: value for name in ("solver", "steps", "cfg") if (value := getattr(self, name)) is not None}
+        if self.nfe is not None:
+            given["nfe"] = self.nfe
+        if self.schedule is not None:
+            given["schedule"] = schedule_from_text(self.schedule)
+        sampler = recipe.with_(**given)
+        schedule = self.schedule or _schedule_text(sampler.schedule)
+        nfe = sampler.budget if sampler.fixed_step else None
+        return replace(self, solver=sampler.solver, nfe=nfe, steps=sampler.steps, schedule=schedule, cfg=sampler.cfg)
+
+    def sampler(self) -> SamplerSettings:
+        """The sampler of these (filled) settings."""
+        schedule = schedule_from_text(self.schedule or "uniform")
+        fixed_budget = self.steps is None and isinstance(schedule, str) and self.solver not in ADAPTIVE_SOLVERS
+        return SamplerSettings(
+            solver=self.solver,
+            nfe=self.nfe if fixed_budget else None,
+            steps=self.steps,
+            schedule=schedule,
+            cfg=self.cfg,
+        )
+
+
+def _schedule_text(schedule: Schedule | SearchedSchedule) -> str:
+    """A schedule as ``--schedule`` writes it."""
+    if isinstance(schedule, str):
+        return schedule
+    if isinstance(schedule, SearchedSchedule):
+        raise LatentFMError("the checkpoint's sample section names a searched schedule: give --schedule FILE")
+    return ",".join(str(float(t)) for t in schedule)
