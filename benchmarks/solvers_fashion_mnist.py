@@ -68,7 +68,9 @@ def main() -> None:
         name, skip_last = solver.removesuffix("+euler_last"), solver.endswith("+euler_last")
         for nfe in NFES:
             try:
-                rows.append({"solver": solver, "budget": nfe, **judged(solver=name, nfe=nfe, options={"skip_last": skip_last})})
+                rows.append(
+                    {"solver": solver, "budget": nfe, **judged(solver=name, nfe=nfe, options={"skip_last": skip_last})}
+                )
             except LatentFMError as error:  # a budget below the solver's minimum
                 print(f"{solver} at {nfe}: {error}")
     if args.schedule:
