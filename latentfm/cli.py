@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from latentfm.errors import LatentFMError
+from latentfm.sampling.settings import DEFAULT_NFE
 
 if TYPE_CHECKING:
     from latentfm.config import DataConfig
@@ -360,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_search_schedule.__doc__,
     )
     search.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
-    search.add_argument("--nfe", type=int, default=8, help="the NFE budget to spend exactly (default 8)")
+    search.add_argument(
+        "--nfe", type=int, default=DEFAULT_NFE, help=f"NFE budget to spend exactly (default {DEFAULT_NFE})"
+    )
     search.add_argument("--out", required=True, help="JSON file to write, e.g. runs/x/schedule_nfe8.json")
     search.add_argument("--n", type=int, default=256, help="calibration samples (default 256)")
     search.add_argument("--cfg", type=float, default=1.0, help="guidance weight the schedule is tuned for")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from latentfm.errors import LatentFMError
-from latentfm.sampling import ADAPTIVE_SOLVERS, SamplerSettings, SearchedSchedule, schedule_from_text
+from latentfm.sampling import SamplerSettings, SearchedSchedule, schedule_from_text
 from latentfm.sampling.schedules import Schedule
 
 KEEP_FEATURES = 10_000  # features kept per set for KID and precision/recall: a seeded random subset
@@ -52,14 +52,7 @@ class EvalSettings:
     def sampler(self) -> SamplerSettings:
         """The sampler of these (filled) settings."""
         schedule = schedule_from_text(self.schedule or "uniform")
-        fixed_budget = self.steps is None and isinstance(schedule, str) and self.solver not in ADAPTIVE_SOLVERS
-        return SamplerSettings(
-            solver=self.solver,
-            nfe=self.nfe if fixed_budget else None,
-            steps=self.steps,
-            schedule=schedule,
-            cfg=self.cfg,
-        )
+        return SamplerSettings(solver=self.solver, nfe=self.nfe, steps=self.steps, schedule=schedule, cfg=self.cfg)
 
 
 def _schedule_text(schedule: Schedule | SearchedSchedule) -> str:

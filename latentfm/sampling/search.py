@@ -18,6 +18,7 @@ from latentfm.errors import LatentFMError
 from latentfm.sampling.program import LMS_HISTORY, SearchedSchedule
 from latentfm.sampling.sample import sample
 from latentfm.sampling.schedules import named_grid
+from latentfm.sampling.settings import DEFAULT_NFE
 from latentfm.sampling.solvers import (
     FIXED_SOLVERS,
     Velocity,
@@ -103,7 +104,7 @@ def _tune(velocity, x0, target, rules, times: torch.Tensor, iterations: int):
 def search_schedule(
     velocity: Velocity,
     x0_calibration: torch.Tensor,
-    nfe: int = 8,
+    nfe: int = DEFAULT_NFE,
     reference: torch.Tensor | None = None,
     iterations: int = 100,
     keep: int = 3,

@@ -72,7 +72,8 @@ class Trainer(TrainingLoop):
         self.train_model = self.wrap(self.model)
         if config.eval.every and make_evaluation is None:
             raise LatentFMError("eval.every is set but no evaluator was given (`latentfm train` builds it)")
-        self.evaluation = make_evaluation and make_evaluation(tuple(self.latents.image_shape), self.device)
+        image_shape = tuple(self.latents.image_shape)
+        self.evaluation = None if make_evaluation is None else make_evaluation(image_shape, self.device)
         self.eval_every = config.eval.every if self.evaluation is not None else 0
 
     def evaluate(self) -> dict[str, Any]:
