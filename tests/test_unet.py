@@ -155,3 +155,10 @@ def test_docstring_examples_run() -> None:
     for module in (latentfm.models.unet, latentfm.models.build):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_label_table_starts_at_unit_scale_like_adm():
+    torch.manual_seed(0)
+    model = UNet(image_size=8, in_channels=1, model_channels=32, channel_mult=(1, 2), num_classes=10)
+    std = float(model.y_embedder.embedding_table.weight.detach().std())
+    assert 0.9 < std < 1.1  # N(0, 1), not DiT's N(0, 0.02²)
