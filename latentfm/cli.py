@@ -147,12 +147,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def _sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
     """The checkpoint's sampler (``recipe``) with what the command line gives replaced."""
-    from latentfm.sampling import schedule_from_text
-
-    given = {name: getattr(args, name) for name in ("solver", "nfe", "steps", "cfg") if getattr(args, name) is not None}
-    if args.schedule is not None:
-        given["schedule"] = schedule_from_text(args.schedule)
-    return recipe.with_(**given)
+    flags = ("solver", "nfe", "steps", "schedule", "cfg")
+    return recipe.with_given(**{name: getattr(args, name) for name in flags})
 
 
 def _device(name: str) -> torch.device:

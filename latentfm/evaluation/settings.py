@@ -39,12 +39,9 @@ class EvalSettings:
     def filled_from(self, recipe: SamplerSettings) -> EvalSettings:
         """These settings with the sampler fields left open taken from ``recipe`` (a checkpoint's sampler), so
         that the report states the whole sampler."""
-        given = {name: value for name in ("solver", "steps", "cfg") if (value := getattr(self, name)) is not None}
-        if self.nfe is not None:
-            given["nfe"] = self.nfe
-        if self.schedule is not None:
-            given["schedule"] = schedule_from_text(self.schedule)
-        sampler = recipe.with_(**given)
+        sampler = recipe.with_given(
+            solver=self.solver, nfe=self.nfe, steps=self.steps, schedule=self.schedule, cfg=self.cfg
+        )
         schedule = self.schedule or _schedule_text(sampler.schedule)
         nfe = sampler.budget if sampler.fixed_step else None
         return replace(self, solver=sampler.solver, nfe=nfe, steps=sampler.steps, schedule=schedule, cfg=sampler.cfg)

@@ -101,6 +101,14 @@ class SamplerSettings:
             changes = {"options": {}, **changes}
         return replace(self, **changes)
 
+    def with_given(self, **values: Any) -> SamplerSettings:
+        """``with_`` of the ``values`` that are not None (command-line flags left out keep these settings); a
+        schedule given as text is read by ``schedule_from_text``."""
+        changes = {name: value for name, value in values.items() if value is not None}
+        if isinstance(changes.get("schedule"), str):
+            changes["schedule"] = schedule_from_text(changes["schedule"])
+        return self.with_(**changes)
+
     def _check_solver(self) -> None:
         if not self.searched and self.solver not in FIXED_SOLVERS + ADAPTIVE_SOLVERS:
             known = ", ".join(FIXED_SOLVERS + ADAPTIVE_SOLVERS)
