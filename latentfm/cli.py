@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from latentfm.errors import LatentFMError
-from latentfm.sampling.settings import DEFAULT_NFE
+from latentfm.sampling.settings import DEFAULT_NFE, interval_text
 
 if TYPE_CHECKING:
     from latentfm.config import DataConfig
@@ -140,14 +140,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     )
     seconds = time.perf_counter() - start
     out = Path(args.out)
-    run = {"checkpoint": str(args.checkpoint), "seed": args.seed, "schedule": args.schedule, "cfg": settings.cfg}
+    guidance = {"cfg": settings.cfg, "guidance_interval": interval_text(settings.guidance_interval)}
+    run = {"checkpoint": str(args.checkpoint), "seed": args.seed, "schedule": args.schedule, **guidance}
     save_samples(out, images, label_tensor, stats, {**run, "seconds": round(seconds, 3)}, args.n if labels else 16)
     print(f"wrote {len(images)} samples ({stats.nfe} NFE, {seconds:.1f}s) to {out}/samples.png and samples.npz")
 
 
 def _sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
     """The checkpoint's sampler (``recipe``) with what the command line gives replaced."""
-    flags = ("solver", "nfe", "steps", "schedule", "cfg")
+    flags = ("solver", "nfe", "steps", "schedule", "cfg", "guidance_interval")
     return recipe.with_given(**{name: getattr(args, name) for name in flags})
 
 
@@ -298,6 +299,11 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nfe", type=int, help=f"velocity evaluations per sample ({recipe})")
     parser.add_argument("--steps", type=int, help="solver steps (instead of --nfe)")
     parser.add_argument("--cfg", type=float, help=f"classifier-free guidance weight, 1 = none ({recipe})")
+    parser.add_argument(
+        "--guidance-interval",
+        metavar="LOW,HIGH",
+        help=f"guide only for t in [LOW, HIGH] (t = 0 is the noise), or all ({recipe})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the source noise (sample i uses (seed, i))")
     parser.add_argument("--batch-size", type=int, default=256, help="samples per model call")
 

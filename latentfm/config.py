@@ -145,6 +145,7 @@ class SampleConfig:
     steps: int | None = None
     schedule: str | None = None
     cfg: float | None = None
+    guidance_interval: tuple[float, float] | None = None  # guide only for t in [low, high]; None: everywhere
     per_class: int = 8
 
 

@@ -147,7 +147,8 @@ class FlowPipeline:
         parts, stats = [], None
         for start in tqdm(range(0, total, batch_size), desc="generating", disable=not progress):
             stop = min(start + batch_size, total)
-            velocity = self.velocity(None if labels is None else labels[start:stop], settings.cfg, settings.interval)
+            batch_labels = None if labels is None else labels[start:stop]
+            velocity = self.velocity(batch_labels, settings.cfg, settings.guidance_interval)
             x0 = self.source(stop - start, seed, first_index + start)
             z, stats = sample(velocity, x0, settings=settings)
             parts.append(self.decode(z.float(), batch_size) if decode else z.float())

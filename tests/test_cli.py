@@ -109,6 +109,30 @@ def test_sample_defaults_to_the_checkpoints_sample_section(trained_run, tmp_path
     assert (stats["solver"], stats["nfe"], stats["cfg"]) == ("euler", 3, 1.0)
 
 
+def test_guidance_interval_comes_from_the_recipe_or_the_command_line(trained_run, tmp_path, capsys):
+    from latentfm.config import load_config
+    from latentfm.sampling import settings_from_section
+
+    recipe = load_config("configs/digits.yaml", ["sample.guidance_interval=[0.25, 1.0]"]).sample
+    assert settings_from_section(recipe).guidance_interval == (0.25, 1.0)
+    base = ["sample", "--checkpoint", str(trained_run), "--n", "3", "--solver", "euler", "--nfe", "4", "--cfg", "3"]
+    for name, flags in [
+        ("recipe", []),
+        ("all", ["--guidance-interval", "all"]),
+        ("late", ["--guidance-interval", "0.5,1"]),
+    ]:
+        assert main([*base, *flags, "--out", str(tmp_path / name)]) == 0
+    images = {name: np.load(tmp_path / name / "samples.npz")["images"] for name in ("recipe", "all", "late")}
+    assert np.array_equal(images["recipe"], images["all"])  # configs/digits.yaml guides everywhere
+    assert not np.array_equal(images["all"], images["late"])
+    assert json.loads((tmp_path / "late" / "stats.json").read_text())["guidance_interval"] == "0.5,1"
+    capsys.readouterr()
+    for bad, message in [("0.9,0.1", "guidance_interval=(0.9, 0.1)"), ("late", "give LOW,HIGH")]:
+        assert main([*base, "--guidance-interval", bad, "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_sample_rejects_bad_labels(trained_run, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(trained_run), "--labels", "12", "--out", str(tmp_path)]) == 2
     assert "not a class" in capsys.readouterr().err

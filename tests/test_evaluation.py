@@ -126,6 +126,12 @@ def test_eval_takes_the_sampler_flags_left_out_from_the_checkpoint(setup, tmp_pa
     settings = json.loads((tmp_path / "e" / "report.json").read_text())["settings"]
     # configs/digits.yaml samples with heun; the command line gave --nfe 4 and --cfg 2
     assert (settings["solver"], settings["nfe"], settings["cfg"], settings["schedule"]) == ("heun", 4, 2.0, "uniform")
+    assert settings["guidance_interval"] == "all"
+    assert main(eval_args(setup, tmp_path / "f", "--n", "64", "--guidance-interval", "0.5,1")) == 0
+    report = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert report["settings"]["guidance_interval"] == "0.5,1"
+    assert report["metrics"] != json.loads((tmp_path / "e" / "report.json").read_text())["metrics"]
+    assert "guidance 2.0 for t in [0.5,1]" in (tmp_path / "f" / "report.md").read_text()
 
 
 def test_torchrun_shards_equal_one_process(setup, tmp_path):

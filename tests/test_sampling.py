@@ -119,7 +119,7 @@ def test_sampler_settings_defaults_budget_and_validation():
     for bad, message in [
         ({"solver": "dopri5", "nfe": 8}, "adaptive"),
         ({"cfg": -1.0}, "cfg=-1.0"),
-        ({"interval": (0.8, 0.2)}, "interval"),
+        ({"guidance_interval": (0.8, 0.2)}, "guidance_interval"),
         ({"solver": "euler", "options": {"rtol": 1e-3}}, "'rtol' does not apply"),
         ({"solver": "leapfrog"}, "solver='leapfrog' is unknown"),
     ]:

@@ -32,10 +32,12 @@ def markdown_report(report: dict[str, Any]) -> str:
     """A one-page Markdown summary of an evaluation report."""
     s, m = report["settings"], report["metrics"]
     accuracy = "n/a" if m["accuracy"] is None else f"{100 * m['accuracy']:.2f}%"
+    interval = s.get("guidance_interval") or "all"
+    guidance = f"guidance {s['cfg']}" + ("" if interval == "all" else f" for t in [{interval}]")
     lines = [
         f"# Evaluation of {s['checkpoint']}",
         "",
-        f"{s['n']} samples, solver {s['solver']}, schedule {s['schedule']}, {report['nfe']} NFE, guidance {s['cfg']}, "
+        f"{s['n']} samples, solver {s['solver']}, schedule {s['schedule']}, {report['nfe']} NFE, {guidance}, "
         f"seed {s['seed']}; reference {s['reference']} ({report['protocol']['reference_count']} images).",
         "",
         "| FD | KID (×10³) | precision | recall | class accuracy | NFE | s / 1000 samples |",

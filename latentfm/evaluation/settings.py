@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from latentfm.errors import LatentFMError
-from latentfm.sampling import SamplerSettings, SearchedSchedule, schedule_from_text
+from latentfm.sampling import SamplerSettings, SearchedSchedule, interval_from_text, interval_text, schedule_from_text
 from latentfm.sampling.schedules import Schedule
 
 KEEP_FEATURES = 10_000  # features kept per set for KID and precision/recall: a seeded random subset
@@ -27,6 +27,7 @@ class EvalSettings:
     steps: int | None = None
     schedule: str | None = None  # a name, a list "0,0.5,1" or a search-schedule JSON file
     cfg: float | None = None
+    guidance_interval: str | None = None  # "LOW,HIGH" or "all"
     batch_size: int = 256
     shard_size: int = 1000
     keep_features: int = KEEP_FEATURES
@@ -40,16 +41,28 @@ class EvalSettings:
         """These settings with the sampler fields left open taken from ``recipe`` (a checkpoint's sampler), so
         that the report states the whole sampler."""
         sampler = recipe.with_given(
-            solver=self.solver, nfe=self.nfe, steps=self.steps, schedule=self.schedule, cfg=self.cfg
+            solver=self.solver,
+            nfe=self.nfe,
+            steps=self.steps,
+            schedule=self.schedule,
+            cfg=self.cfg,
+            guidance_interval=self.guidance_interval,
         )
-        schedule = self.schedule or _schedule_text(sampler.schedule)
-        nfe = sampler.budget if sampler.fixed_step else None
-        return replace(self, solver=sampler.solver, nfe=nfe, steps=sampler.steps, schedule=schedule, cfg=sampler.cfg)
+        return replace(
+            self,
+            solver=sampler.solver,
+            nfe=sampler.budget if sampler.fixed_step else None,
+            steps=sampler.steps,
+            schedule=self.schedule or _schedule_text(sampler.schedule),
+            cfg=sampler.cfg,
+            guidance_interval=interval_text(sampler.guidance_interval),
+        )
 
     def sampler(self) -> SamplerSettings:
         """The sampler of these (filled) settings."""
         schedule = schedule_from_text(self.schedule or "uniform")
-        return SamplerSettings(solver=self.solver, nfe=self.nfe, steps=self.steps, schedule=schedule, cfg=self.cfg)
+        interval = interval_from_text(self.guidance_interval or "all")
+        return SamplerSettings(self.solver, self.nfe, self.steps, schedule, self.cfg, guidance_interval=interval)
 
 
 def _schedule_text(schedule: Schedule | SearchedSchedule) -> str:

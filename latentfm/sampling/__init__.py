@@ -11,6 +11,8 @@ from latentfm.sampling.settings import (
     DEFAULT_NFE,
     DEFAULT_SOLVER,
     SamplerSettings,
+    interval_from_text,
+    interval_text,
     settings_from_section,
 )
 from latentfm.sampling.solvers import FIXED_SOLVERS, heun_sampler, integrate, rules_nfe
@@ -26,6 +28,8 @@ __all__ = [
     "SearchedSchedule",
     "heun_sampler",
     "integrate",
+    "interval_from_text",
+    "interval_text",
     "load_schedule",
     "rules_nfe",
     "sample",

@@ -35,7 +35,8 @@ class SamplerSettings:
         schedule: a named schedule (``uniform``, ``shift:S``, ``edm:RHO``, ``cosine``), an explicit list of times
             from 0 to 1, or a ``SearchedSchedule``.
         cfg: the classifier-free guidance weight (1: none).
-        interval: ``(t_low, t_high)``: guidance only inside it.
+        guidance_interval: ``(t_low, t_high)``: guidance only for t inside it, the conditional velocity alone
+            elsewhere (Kynkäänniemi et al. 2024); None or ``(0, 1)``: everywhere.
         options: ``skip_last=True`` (Heun ends with an Euler step) or ``rtol``/``atol`` (dopri5).
 
     Example:
@@ -52,7 +53,7 @@ class SamplerSettings:
     steps: int | None = None
     schedule: Schedule | SearchedSchedule = "uniform"
     cfg: float = 1.0
-    interval: tuple[float, float] | None = None
+    guidance_interval: tuple[float, float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -61,8 +62,9 @@ class SamplerSettings:
         self._check_options()
         if not math.isfinite(self.cfg) or self.cfg < 0:
             raise LatentFMError(f"cfg={self.cfg} must be a finite number >= 0 (1 means no guidance)")
-        if self.interval is not None and not 0.0 <= self.interval[0] <= self.interval[1] <= 1.0:
-            raise LatentFMError(f"guidance interval={self.interval} must satisfy 0 <= low <= high <= 1")
+        low, high = self.guidance_interval or (0.0, 1.0)
+        if not 0.0 <= low <= high <= 1.0:
+            raise LatentFMError(f"guidance_interval={self.guidance_interval} must satisfy 0 <= low <= high <= 1")
 
     @property
     def budget(self) -> int | None:
@@ -103,10 +105,12 @@ class SamplerSettings:
 
     def with_given(self, **values: Any) -> SamplerSettings:
         """``with_`` of the ``values`` that are not None (command-line flags left out keep these settings); a
-        schedule given as text is read by ``schedule_from_text``."""
+        schedule or guidance interval given as text is read by ``schedule_from_text`` or ``interval_from_text``."""
         changes = {name: value for name, value in values.items() if value is not None}
         if isinstance(changes.get("schedule"), str):
             changes["schedule"] = schedule_from_text(changes["schedule"])
+        if isinstance(changes.get("guidance_interval"), str):
+            changes["guidance_interval"] = interval_from_text(changes["guidance_interval"])
         return self.with_(**changes)
 
     def _check_solver(self) -> None:
@@ -136,10 +140,32 @@ class SamplerSettings:
             raise LatentFMError(f"skip_last applies to heun only, not {self.solver!r}")
 
 
+def interval_from_text(text: str) -> tuple[float, float]:
+    """A guidance interval as the command line gives it: ``LOW,HIGH`` or ``all`` (the whole of [0, 1]).
+
+    Example:
+        >>> interval_from_text("0.25,1"), interval_from_text("all")
+        ((0.25, 1.0), (0.0, 1.0))
+    """
+    if text == "all":
+        return (0.0, 1.0)
+    try:
+        low, high = (float(value) for value in text.split(","))
+    except ValueError:
+        raise LatentFMError(f"--guidance-interval {text!r}: give LOW,HIGH such as 0.25,1, or all") from None
+    return (low, high)
+
+
+def interval_text(interval: tuple[float, float] | None) -> str:
+    """A guidance interval as ``--guidance-interval`` writes it (None: ``all``)."""
+    return "all" if interval is None else f"{interval[0]:g},{interval[1]:g}"
+
+
 def settings_from_section(section: Any) -> SamplerSettings:
     """Settings from a config ``sample`` section (its unset fields keep the library defaults; its ``nfe`` and
     ``steps`` apply to fixed-step solvers only)."""
-    values = {name: getattr(section, name, None) for name in ("solver", "nfe", "steps", "cfg")}
+    names = ("solver", "nfe", "steps", "cfg", "guidance_interval")
+    values = {name: getattr(section, name, None) for name in names}
     if values["solver"] in ADAPTIVE_SOLVERS:
         values.update(nfe=None, steps=None)
     schedule = getattr(section, "schedule", None)
