@@ -48,12 +48,16 @@ from latentfm.cli import dataset_config
 from latentfm.condition import Condition
 from latentfm.data import load_data_config
 from latentfm.image_io import make_grid, quantise, save_png
-from latentfm.sampling import GuidedVelocity, sample
+from latentfm.sampling import GuidedVelocity, interval_from_text, sample
 from latentfm.seeding import source_noise
 
 RESULTS = Path(__file__).parent / "results"
+# (solver, NFE, guidance[, guidance interval]); without an interval the system's own: the peer guides everywhere,
+# latentfm as its recipe says.
 PEER_SETTINGS = [("euler", 8, 1.0), ("euler", 8, 2.0), ("midpoint", 8, 1.0), ("midpoint", 8, 2.0)]
-LATENTFM_SETTINGS = PEER_SETTINGS + [("euler", 4, 2.0), ("default", None, None)]
+PEER_SETTINGS += [("euler", 8, 2.0, "0.25,1")]
+LATENTFM_SETTINGS = PEER_SETTINGS[:4] + [("euler", 8, 2.0, "all"), ("euler", 4, 2.0), ("midpoint", 4, 2.0)]
+LATENTFM_SETTINGS += [("default", None, None)]
 NULL_LABEL = 10
 HEADLINE = ("euler", 8, 2.0)
 
@@ -109,10 +113,10 @@ def train_peer(dataset: str, seconds: float, out: Path, seed: int = 0) -> dict[s
     return {"seconds": elapsed, "steps": steps, "images_per_s": steps * 128 / (time.perf_counter() - train_start)}
 
 
-def peer_samples(
-    weights: Path, solver: str, nfe: int, cfg: float, seed: int, per_class: int
-) -> tuple[torch.Tensor, float]:
+def peer_samples(weights: Path, setting: tuple, seed: int, per_class: int) -> tuple[torch.Tensor, float]:
     """``per_class`` uint8 samples of the peer per class (sample i from noise (seed, i)) and their seconds."""
+    solver, nfe, cfg, *interval = setting
+    interval = interval_from_text(interval[0]) if interval else None
     model = peer_model().eval().requires_grad_(False)
     model.load_state_dict(load_file(str(weights)))
     labels = torch.arange(10).repeat_interleave(per_class)
@@ -121,7 +125,7 @@ def peer_samples(
         for first in range(0, len(labels), 256):
             batch = labels[first : first + 256]
             velocity = GuidedVelocity(
-                lambda x, t, cond: model(t, x, y=cond.labels), Condition(labels=batch), cfg, NULL_LABEL
+                lambda x, t, cond: model(t, x, y=cond.labels), Condition(labels=batch), cfg, NULL_LABEL, interval
             )
             x0 = source_noise(seed, range(first, first + len(batch)), (1, 28, 28))
             parts.append(sample(velocity, x0, solver, nfe=nfe)[0])
@@ -132,9 +136,10 @@ def peer_samples(
 def latentfm_samples(setting: tuple, seed: int, run: Path, out: Path, per_class: int):
     """``per_class`` uint8 samples per class through `latentfm sample` (solver "default": the checkpoint's own
     sampler), their labels and the command's stats."""
-    solver, nfe, cfg = setting
+    solver, nfe, cfg, *interval = setting
     if not (out / "stats.json").is_file():
         options = [] if solver == "default" else ["--solver", solver, "--nfe", str(nfe), "--cfg", str(cfg)]
+        options += ["--guidance-interval", interval[0]] if interval else []
         labels = ["--labels", "all", "--n", str(per_class)]
         run_cli("sample", "--checkpoint", str(run), *labels, *options, "--seed", str(seed), "--out", str(out))
     arrays = np.load(out / "samples.npz")
@@ -144,9 +149,12 @@ def latentfm_samples(setting: tuple, seed: int, run: Path, out: Path, per_class:
     return images, torch.from_numpy(arrays["labels"]), stats
 
 
-def setting_name(solver: str, nfe: int | None, cfg: float | None) -> str:
+def setting_name(solver: str, nfe: int | None, cfg: float | None, interval: str | None = None) -> str:
     """How a setting reads in the table."""
-    return "default" if solver == "default" else f"{solver} {nfe} NFE, guidance {cfg:g}"
+    if solver == "default":
+        return "default"
+    limited = interval not in (None, "all") and cfg != 1.0
+    return f"{solver} {nfe} NFE, guidance {cfg:g}" + (f" for t in [{interval}]" if limited else "")
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -173,10 +181,11 @@ def measure(system: str, setting: tuple, seed: int, work: Path, models: dict[str
     if system == "latentfm":
         out = work / "samples" / key
         images, labels, stats = latentfm_samples(setting, seed, models[system], out, per_class)
-        seconds, used = stats["seconds"], setting_name(stats["solver"], stats["nfe"], stats["cfg"])
+        used = setting_name(stats["solver"], stats["nfe"], stats["cfg"], stats.get("guidance_interval"))
+        seconds = stats["seconds"]
         used = f"default: {used}" if setting[0] == "default" else used
     else:
-        images, seconds = peer_samples(models[system], *setting, seed, per_class)
+        images, seconds = peer_samples(models[system], setting, seed, per_class)
         labels, used = torch.arange(10).repeat_interleave(per_class), setting_name(*setting)
     if setting == HEADLINE:
         save_class_grid(images, per_class, work / f"{system}_grid_seed{seed}.png")
@@ -196,7 +205,7 @@ def judge_all(work: Path, models: dict[str, Path], judge: Judge, seeds: dict[tup
             continue
         for setting in (s for s in settings if s in seeds):
             per_seed = [measure(system, setting, seed, work, models, judge, per_class) for seed in seeds[setting]]
-            rows[f"{system}: {setting_name(*setting)}"] = {
+            rows[f"{system}: {'_'.join(map(str, setting))}"] = {
                 "system": system,
                 "setting": per_seed[0]["setting"],
                 "per_seed": per_seed,
@@ -267,8 +276,8 @@ def main() -> None:
         write_bytes_atomic(record_path, json.dumps(record, indent=1).encode())
     judge = prepare_judge(Path(args.judge), args.dataset, args.reference, args.reference_split)
     headline, others = [int(s) for s in args.seeds.split(",")], [int(s) for s in args.other_seeds.split(",") if s]
-    seeds = {setting: others for setting in LATENTFM_SETTINGS if others}
-    seeds[HEADLINE] = headline
+    seeds = {setting: others for setting in LATENTFM_SETTINGS + PEER_SETTINGS if others}
+    seeds.update({setting: headline for setting in LATENTFM_SETTINGS + PEER_SETTINGS if setting[:3] == HEADLINE})
     report = {
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
