@@ -126,6 +126,7 @@ def test_guidance_interval_comes_from_the_recipe_or_the_command_line(trained_run
     assert np.array_equal(images["recipe"], images["all"])  # configs/digits.yaml guides everywhere
     assert not np.array_equal(images["all"], images["late"])
     assert json.loads((tmp_path / "late" / "stats.json").read_text())["guidance_interval"] == "0.5,1"
+    assert json.loads((tmp_path / "all" / "stats.json").read_text())["guidance_interval"] == "all"
     capsys.readouterr()
     for bad, message in [("0.9,0.1", "guidance_interval=(0.9, 0.1)"), ("late", "give LOW,HIGH")]:
         assert main([*base, "--guidance-interval", bad, "--out", str(tmp_path / "bad")]) == 2

@@ -157,8 +157,15 @@ def interval_from_text(text: str) -> tuple[float, float]:
 
 
 def interval_text(interval: tuple[float, float] | None) -> str:
-    """A guidance interval as ``--guidance-interval`` writes it (None: ``all``)."""
-    return "all" if interval is None else f"{interval[0]:g},{interval[1]:g}"
+    """A guidance interval as ``--guidance-interval`` writes it (``all`` for None or the whole of [0, 1]).
+
+    Example:
+        >>> interval_text((0.25, 1.0)), interval_text((0.0, 1.0)), interval_text(None)
+        ('0.25,1', 'all', 'all')
+    """
+    if interval is None or tuple(interval) == (0.0, 1.0):
+        return "all"
+    return f"{interval[0]:g},{interval[1]:g}"
 
 
 def settings_from_section(section: Any) -> SamplerSettings:
