@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from latentfm.errors import LatentFMError
-from latentfm.sampling.settings import DEFAULT_NFE, interval_text
+from latentfm.sampling.settings import DEFAULT_NFE, GIVEN_FIELDS, interval_text
 
 if TYPE_CHECKING:
     from latentfm.config import DataConfig
@@ -148,8 +148,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def _sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
     """The checkpoint's sampler (``recipe``) with what the command line gives replaced."""
-    flags = ("solver", "nfe", "steps", "schedule", "cfg", "guidance_interval")
-    return recipe.with_given(**{name: getattr(args, name) for name in flags})
+    return recipe.with_given(**{name: getattr(args, name) for name in GIVEN_FIELDS})
 
 
 def _device(name: str) -> torch.device:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from latentfm.errors import LatentFMError
 from latentfm.sampling import SamplerSettings, SearchedSchedule, interval_from_text, interval_text, schedule_from_text
 from latentfm.sampling.schedules import Schedule
+from latentfm.sampling.settings import GIVEN_FIELDS
 
 KEEP_FEATURES = 10_000  # features kept per set for KID and precision/recall: a seeded random subset
 SPEED_SETTINGS = ("batch_size", "latency_batch", "latency_repeats")  # may change when an evaluation resumes
@@ -40,14 +41,7 @@ class EvalSettings:
     def filled_from(self, recipe: SamplerSettings) -> EvalSettings:
         """These settings with the sampler fields left open taken from ``recipe`` (a checkpoint's sampler), so
         that the report states the whole sampler."""
-        sampler = recipe.with_given(
-            solver=self.solver,
-            nfe=self.nfe,
-            steps=self.steps,
-            schedule=self.schedule,
-            cfg=self.cfg,
-            guidance_interval=self.guidance_interval,
-        )
+        sampler = recipe.with_given(**{name: getattr(self, name) for name in GIVEN_FIELDS})
         return replace(
             self,
             solver=sampler.solver,

@@ -20,6 +20,8 @@ ADAPTIVE_SOLVERS = ("dopri5",)
 DEFAULT_SOLVER = "midpoint"
 DEFAULT_NFE = 8
 ADAPTIVE_TOLERANCE = 1e-5
+# The fields a command line (and EvalSettings) may give, as ``with_given`` takes them.
+GIVEN_FIELDS = ("solver", "nfe", "steps", "schedule", "cfg", "guidance_interval")
 
 
 @dataclass(frozen=True)
