@@ -125,7 +125,11 @@ def peer_samples(weights: Path, setting: tuple, seed: int, per_class: int) -> tu
         for first in range(0, len(labels), 256):
             batch = labels[first : first + 256]
             velocity = GuidedVelocity(
-                lambda x, t, cond: model(t, x, y=cond.labels), Condition(labels=batch), cfg, NULL_LABEL, interval
+                lambda x, t, cond: model(t, x, y=cond.labels),
+                Condition(labels=batch),
+                cfg,
+                Condition(labels=torch.full_like(batch, NULL_LABEL)),
+                interval,
             )
             x0 = source_noise(seed, range(first, first + len(batch)), (1, 28, 28))
             parts.append(sample(velocity, x0, solver, nfe=nfe)[0])

@@ -19,8 +19,20 @@ class Condition:
     labels: torch.Tensor | None = None
     concat: torch.Tensor | None = None
 
-    def repeat(self, times: int) -> Condition:
-        """The condition repeated ``times`` along the batch dimension (for batched guidance)."""
-        labels = None if self.labels is None else self.labels.repeat(times)
-        concat = None if self.concat is None else self.concat.repeat(times, 1, 1, 1)
+    def to(self, device: torch.device | str) -> Condition:
+        """The condition with its tensors on ``device``."""
+        labels = None if self.labels is None else self.labels.to(device)
+        concat = None if self.concat is None else self.concat.to(device)
+        return Condition(labels=labels, concat=concat)
+
+    def cat(self, other: Condition) -> Condition:
+        """This batch followed by ``other``'s (for one batched guided call); both must hold the same fields.
+
+        Example:
+            >>> both = Condition(labels=torch.tensor([3])).cat(Condition(labels=torch.tensor([10])))
+            >>> both.labels.tolist(), both.concat
+            ([3, 10], None)
+        """
+        labels = None if self.labels is None else torch.cat([self.labels, other.labels])
+        concat = None if self.concat is None else torch.cat([self.concat, other.concat])
         return Condition(labels=labels, concat=concat)

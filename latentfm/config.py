@@ -30,6 +30,7 @@ class DataConfig:
     hflip: bool = False
     skip_corrupt: bool = False
     latent_cache: str | None = None  # a `latentfm encode` directory; training then reads latents from it
+    maps_path: str | None = None  # folder data: a folder of class-id PNG maps named like the images (semantic task)
 
 
 @dataclass
@@ -130,9 +131,26 @@ class OptimConfig:
 
 @dataclass
 class TaskConfig:
-    """What the model generates from: ``class`` (a label or none; inpaint, semantic and upsample follow)."""
+    """What the model generates from (``latentfm.tasks``): ``class`` (a label or none), ``inpaint`` (a masked
+    image, and a label or none) or ``semantic`` (a map of class ids, and a label or none).
+
+    ``mask_*`` set the inpaint task's training masks (``latentfm.data.masks.MaskSettings``). ``map_source`` is
+    where the semantic task's maps come from: ``intensity`` derives them from each image (class i: grey levels
+    from ``map_bands[i-1]`` up to ``map_bands[i]``, in 8-bit steps), ``data`` reads ``data.maps_path`` (PNGs of
+    ``map_classes`` class ids). ``map_channels`` is the width of the learned rescaler's output, ``map_dropout``
+    the probability of training on the empty map (for guidance on the map).
+    """
 
     kind: str = "class"
+    mask_kinds: list[str] = field(default_factory=lambda: ["box", "stroke"])
+    mask_min_fraction: float = 0.1
+    mask_max_fraction: float = 0.5
+    mask_everything_probability: float = 0.05
+    map_source: str = "intensity"
+    map_bands: list[int] = field(default_factory=lambda: [32, 128])
+    map_classes: int = 0
+    map_channels: int = 8
+    map_dropout: float = 0.0
 
 
 @dataclass

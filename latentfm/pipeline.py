@@ -22,7 +22,7 @@ from latentfm.image_io import write_samples
 from latentfm.models.build import build_model
 from latentfm.sampling import GuidedVelocity, SamplerSettings, SampleStats, sample, settings_from_section
 from latentfm.seeding import source_noise
-from latentfm.tasks import Task, build_task
+from latentfm.tasks import Inputs, Task, build_task
 
 
 def _check_autoencoder(autoencoder: Autoencoder, kind: str, trained_with: dict | None, directory: Path) -> None:
@@ -74,7 +74,11 @@ class FlowPipeline:
         state = read_state(directory, "flow")
         config = config_from_dict(state.config)
         data = state.data
-        model = build_model(config.model, data.latent_shape[0], data.latent_shape[1], data.num_classes)
+        task = build_task(config.task)
+        condition_inputs = task.model_inputs(tuple(data.latent_shape), tuple(data.image_shape))
+        model = build_model(
+            config.model, data.latent_shape[0], data.latent_shape[1], data.num_classes, **condition_inputs
+        )
         model.load_state_dict(read_tensors(directory, "ema" if use_ema else "model"))
         model.requires_grad_(False)  # sampling and schedule search differentiate inputs, never weights
         autoencoder = build_autoencoder(config.autoencoder, image_channels=data.image_shape[0]).to(device)
@@ -87,7 +91,7 @@ class FlowPipeline:
             num_classes=data.num_classes,
             image_shape=tuple(data.image_shape),
             class_names=data.class_names,
-            task=build_task(config.task.kind),
+            task=task,
             sampler=settings_from_section(config.sample),
         )
 
@@ -100,12 +104,28 @@ class FlowPipeline:
             raise LatentFMError(f"labels must lie in 0..{self.num_classes - 1}, got {labels.tolist()[:10]}")
 
     def velocity(
-        self, labels: torch.Tensor | None = None, cfg: float = 1.0, interval: tuple[float, float] | None = None
+        self,
+        labels: torch.Tensor | None = None,
+        cfg: float = 1.0,
+        interval: tuple[float, float] | None = None,
+        inputs: Inputs | None = None,
+        n: int | None = None,
     ) -> GuidedVelocity:
-        """The guided ``velocity(x, t)`` of the model for a batch with ``labels`` (see ``GuidedVelocity``)."""
+        """The guided ``velocity(x, t)`` of the model for a batch of ``n`` samples (default: one per label) with
+        ``labels`` and the task's ``inputs`` (see ``GuidedVelocity``; the task says what guidance drops)."""
+        if n is None:
+            n = len(labels) if labels is not None else len(next(iter(inputs.values()))) if inputs else 0
         labels = None if labels is None else labels.to(self.device)
-        cond = self.task.sampling_condition(labels)
-        return GuidedVelocity(self.model_velocity, cond, cfg, self.num_classes, interval)
+        inputs = None if inputs is None else {name: value.to(self.device) for name, value in inputs.items()}
+        shape = (n, *(self.image_shape or ()))
+        cond = self.task.sampling_condition(labels, inputs, self.encode, shape).to(self.device)
+        uncond = self.task.unconditional(cond, self.num_classes)
+        return GuidedVelocity(self.model_velocity, cond, cfg, uncond, interval)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised latents of images in [-1, 1] (NCHW)."""
+        return self.latent_norm.normalize(self.autoencoder.encode(images.to(self.device)).float())
 
     def cycled_labels(self, n: int) -> torch.Tensor | None:
         """``n`` labels cycling through the classes (None for an unconditional model)."""
@@ -126,6 +146,7 @@ class FlowPipeline:
         first_index: int = 0,
         progress: bool = False,
         decode: bool = False,
+        inputs: Inputs | None = None,
         **sampler: Any,
     ) -> tuple[torch.Tensor, SampleStats]:
         """Normalised latents for ``labels`` (or ``n`` unconditional samples); with ``decode``, images in
@@ -133,13 +154,17 @@ class FlowPipeline:
 
         Sample ``i`` starts from noise seeded by ``(seed, first_index + i)``, so results do not depend
         on the batch size. The sampler is ``settings``, or the recipe's ``sampler`` with the fields of
-        ``SamplerSettings`` given as keywords (``solver=``, ``nfe=``, ``cfg=``, ...) replaced.
-        Returns the latents (or images) and the stats of the last batch (NFE is the same for all).
+        ``SamplerSettings`` given as keywords (``solver=``, ``nfe=``, ``cfg=``, ...) replaced. ``inputs``
+        are the task's per-sample inputs (``image`` and ``mask`` to inpaint, ``map`` to follow), one row per
+        sample. Returns the latents (or images) and the stats of the last batch (NFE is the same for all).
         """
         self._check_labels(labels)
         total = len(labels) if labels is not None else n
         if not total:
             raise LatentFMError("nothing to generate: give labels or n > 0")
+        for name, value in (inputs or {}).items():
+            if len(value) != total:
+                raise LatentFMError(f"{len(value)} {name} inputs for {total} samples: give one per sample")
         if settings is None:
             settings = self.sampler.with_(**sampler)
         elif sampler:
@@ -148,7 +173,8 @@ class FlowPipeline:
         for start in tqdm(range(0, total, batch_size), desc="generating", disable=not progress):
             stop = min(start + batch_size, total)
             batch_labels = None if labels is None else labels[start:stop]
-            velocity = self.velocity(batch_labels, settings.cfg, settings.guidance_interval)
+            batch_inputs = None if inputs is None else {name: value[start:stop] for name, value in inputs.items()}
+            velocity = self.velocity(batch_labels, settings.cfg, settings.guidance_interval, batch_inputs, stop - start)
             x0 = self.source(stop - start, seed, first_index + start)
             z, stats = sample(velocity, x0, settings=settings)
             parts.append(self.decode(z.float(), batch_size) if decode else z.float())
@@ -160,9 +186,56 @@ class FlowPipeline:
         chunks = latents.split(batch_size)
         return torch.cat([self.autoencoder.decode(self.latent_norm.denormalize(z)).float().cpu() for z in chunks])
 
-    def generate(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, SampleStats]:
-        """Images in [-1, 1] (NCHW, CPU): ``latents(..., decode=True)``, with the same arguments."""
+    def generate(
+        self, *args: Any, semantic: torch.Tensor | None = None, **kwargs: Any
+    ) -> tuple[torch.Tensor, SampleStats]:
+        """Images in [-1, 1] (NCHW, CPU): ``latents(..., decode=True)``, with the same arguments; a semantic
+        model follows ``semantic``, class-id maps ``[N, 1, H, W]`` (or ``[N, H, W]``), one per sample."""
+        if semantic is not None:
+            kwargs["inputs"] = {
+                **kwargs.get("inputs", {}),
+                "map": semantic.view(len(semantic), 1, *semantic.shape[-2:]),
+            }
         return self.latents(*args, **kwargs, decode=True)
+
+    def inpaint(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        n: int = 1,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, SampleStats]:
+        """``n`` completions of each image: ``image`` ``[C, H, W]`` or ``[M, C, H, W]`` in [-1, 1], generated
+        where ``mask`` (``[H, W]``, ``[1, H, W]`` or ``[M, 1, H, W]``, 1 = generate, 0 = keep) is 1.
+
+        Returns images ``[M * n, C, H, W]`` in [-1, 1] on the CPU (completion ``j`` of image ``i`` at row
+        ``i * n + j``), whose known region is the input's exactly, and the stats; ``labels`` (one per output,
+        or None for the null label) and the other keywords are those of ``latents``.
+        """
+        images, masks = self._inpaint_inputs(image, mask)
+        if n < 1:
+            raise LatentFMError(f"n={n}: ask for at least one completion per image")
+        images, masks = images.repeat_interleave(n, 0), masks.repeat_interleave(n, 0)
+        inputs = {"image": images, "mask": masks}
+        generated, stats = self.generate(labels, n=len(images), inputs=inputs, **kwargs)
+        return masks * generated + (1 - masks) * images, stats
+
+    def _inpaint_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched float images and masks, refused in one line when their sizes or the mask's values are wrong."""
+        images = (image[None] if image.ndim == 3 else image).float().cpu()
+        masks = mask.float().cpu()
+        masks = masks.view(1, 1, *masks.shape) if masks.ndim == 2 else masks[None] if masks.ndim == 3 else masks
+        if self.image_shape is not None and tuple(images.shape[1:]) != tuple(self.image_shape):
+            raise LatentFMError(
+                f"the image is {'x'.join(map(str, images.shape[1:]))} (CxHxW), the model makes "
+                f"{'x'.join(map(str, self.image_shape))}: resize it"
+            )
+        if masks.shape[-2:] != images.shape[-2:] or masks.shape[0] != images.shape[0] or masks.shape[1] != 1:
+            raise LatentFMError(f"mask {tuple(masks.shape)} does not fit image {tuple(images.shape)}: one 1xHxW each")
+        if not ((masks == 0) | (masks == 1)).all():
+            raise LatentFMError("the mask holds values other than 0 and 1: white (1) = generate, black (0) = keep")
+        return images, masks
 
     def model_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The model's velocity in float32, under bf16 autocast when ``autocast_dtype`` is set."""

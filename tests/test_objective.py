@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from latentfm.config import load_config
+from latentfm.config import TaskConfig, load_config
 from latentfm.errors import LatentFMError
 from latentfm.flow import FlowObjective, build_coupling, minibatch_ot_pairing
 from latentfm.flow.couplings import ot_coupling
 from latentfm.flow.paths import CosinePath
-from latentfm.tasks import build_task
+from latentfm.tasks import TrainingBatch, build_task
 from latentfm.training.trainer import Trainer
 
 from .conftest import TINY
@@ -100,9 +100,9 @@ def test_two_ranks_pair_exactly_as_one_process(tmp_path):
 def test_training_with_ot_coupling_lowers_the_pairing_cost_and_resumes(tmp_path):
     config = load_config(None, [*TINY, "flow.coupling=ot", f"train.out_dir={tmp_path / 'run'}"])
     trainer = Trainer(config)
-    x1, labels = trainer._data(0)
-    noise = torch.Generator().manual_seed(5)
-    paired = trainer.objective(x1, noise, trainer.task.coupling_groups(labels))
+    batch = trainer.training_batch(0)
+    x1, noise = batch.x1, torch.Generator().manual_seed(5)
+    paired = trainer.objective(x1, noise, trainer.task.coupling_groups(batch))
     independent = FlowObjective()(x1, torch.Generator().manual_seed(5))
     assert torch.equal(paired.t, independent.t)
     assert (paired.x0 - x1).square().sum() < (independent.x0 - x1).square().sum()
@@ -113,6 +113,7 @@ def test_training_with_ot_coupling_lowers_the_pairing_cost_and_resumes(tmp_path)
 def test_the_class_task_is_the_default_and_unknown_tasks_are_refused():
     assert load_config(None).task.kind == "class"
     labels = torch.tensor([1, 2])
-    assert torch.equal(build_task().training_condition(torch.zeros(2, 1, 2, 2), labels).labels, labels)
-    with pytest.raises(LatentFMError, match="task.kind='inpaint' is unknown"):
-        build_task("inpaint")
+    batch = TrainingBatch(torch.zeros(2, 1, 2, 2), labels)
+    assert torch.equal(build_task().training_condition(batch, encode=None).labels, labels)
+    with pytest.raises(LatentFMError, match="task.kind='upsample' is unknown"):
+        build_task(TaskConfig(kind="upsample"))

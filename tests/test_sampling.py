@@ -89,7 +89,7 @@ class AffineToyModel(torch.nn.Module):
 def test_guidance_formula_batched_once():
     model = AffineToyModel()
     labels = torch.tensor([2, 5])
-    velocity = GuidedVelocity(model, Condition(labels=labels), cfg_scale=3.0, null_label=10)
+    velocity = GuidedVelocity(model, Condition(labels=labels), 3.0, Condition(labels=torch.tensor([10, 10])))
     v = velocity(torch.zeros(2, 4), torch.zeros(2))
     expected = -1 + 3.0 * (labels.float() + 1)  # v_u + w (v_c - v_u)
     torch.testing.assert_close(v, expected.view(-1, 1).expand(2, 4))
@@ -99,9 +99,10 @@ def test_guidance_formula_batched_once():
 
 def test_guidance_scale_one_and_interval_use_one_pass():
     model = AffineToyModel()
-    plain = GuidedVelocity(model, Condition(labels=torch.tensor([4])), cfg_scale=1.0, null_label=10)
+    null = Condition(labels=torch.tensor([10]))
+    plain = GuidedVelocity(model, Condition(labels=torch.tensor([4])), cfg_scale=1.0, uncond=null)
     torch.testing.assert_close(plain(torch.zeros(1, 3), torch.zeros(1)), torch.full((1, 3), 4.0))
-    limited = GuidedVelocity(model, Condition(labels=torch.tensor([4])), 2.0, 10, interval=(0.5, 1.0))
+    limited = GuidedVelocity(model, Condition(labels=torch.tensor([4])), 2.0, null, interval=(0.5, 1.0))
     limited(torch.zeros(1, 3), torch.tensor([0.2]))
     limited(torch.zeros(1, 3), torch.tensor([0.7]))
     assert limited.network_passes == 3 and model.batch_sizes[-2:] == [1, 2]

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from latentfm.config import DataConfig
+from latentfm.data.maps import load_maps
 from latentfm.errors import LatentFMError
 from latentfm.image_io import from_uint8
 
@@ -59,6 +60,7 @@ class ImageData:
     num_classes: int
     class_names: list[str]
     skipped: int = 0
+    maps: torch.Tensor | None = None  # uint8 class-id maps [N, 1, H, W] (``data.maps_path``)
 
     def __len__(self) -> int:
         """Number of images."""
@@ -84,6 +86,17 @@ class ImageData:
         labels = None if self.labels is None else self.labels[indices].to(device)
         return x, labels
 
+    def map_batch(
+        self, indices: torch.Tensor, flip: torch.Tensor | None = None, device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
+        """The uint8 maps of ``indices``, flipped like ``batch`` flips the images; None without maps."""
+        if self.maps is None:
+            return None
+        maps = self.maps[indices].to(device)
+        if flip is not None:
+            maps = torch.where(flip.to(maps.device).view(-1, 1, 1, 1), maps.flip(-1), maps)
+        return maps
+
 
 def load_dataset(
     kind: str,
@@ -92,11 +105,13 @@ def load_dataset(
     image_size: int | None = None,
     channels: int | None = None,
     skip_corrupt: bool = False,
+    maps_path: str | None = None,
 ) -> ImageData:
     """Load a dataset of ``kind`` ("digits", "idx" or "folder") into memory.
 
     ``image_size`` resizes to square images (centre crop, then Pillow bicubic); ``channels`` (1 or 3)
     converts grey <-> RGB. ``skip_corrupt`` skips unreadable files in folders instead of failing.
+    ``maps_path`` (folders only) holds a class-id map per image, ``MAPS/<path of the image>.png``.
 
     >>> data = load_dataset("digits", split="test", image_size=16)
     >>> tuple(data.images.shape), data.num_classes
@@ -106,12 +121,14 @@ def load_dataset(
         raise LatentFMError(f"unknown data split {split!r}: use one of {', '.join(SPLITS)}")
     if channels is not None and channels not in PIL_MODES:
         raise LatentFMError(f"data.channels={channels} is not supported: use 1 (grey) or 3 (RGB)")
+    if maps_path is not None and kind != "folder":
+        raise LatentFMError(f"data.maps_path is set but data.dataset={kind!r}: maps pair with image folders only")
     if kind == "digits":
         data = _load_digits(split)
     elif kind == "idx":
         data = _load_idx_dir(Path(path or DEFAULT_IDX_PATH), split)
     elif kind == "folder":
-        data = _load_folder(path, split, image_size, channels or 3, skip_corrupt)
+        data = _load_folder(path, split, image_size, channels or 3, skip_corrupt, maps_path)
     elif kind == "npz":
         data = _load_npz(path, split)
     else:
@@ -125,7 +142,10 @@ def load_dataset(
 
 def load_data_config(data: DataConfig, split: str | None = None) -> ImageData:
     """The dataset a config's ``data`` section describes (its split, or ``split`` when given)."""
-    return load_dataset(data.dataset, data.path, split or data.split, data.image_size, data.channels, data.skip_corrupt)
+    split = split or data.split
+    return load_dataset(
+        data.dataset, data.path, split, data.image_size, data.channels, data.skip_corrupt, data.maps_path
+    )
 
 
 def _load_npz(path: str | None, split: str) -> ImageData:
@@ -231,8 +251,11 @@ def _idx_class_names(root: Path, num_labels: int) -> list[str]:
     return [str(i) for i in range(max(10, num_labels))]
 
 
-def _load_folder(path: str | None, split: str, image_size: int | None, channels: int, skip_corrupt: bool) -> ImageData:
-    """Images of a folder: one class per sub-directory holding images, else unlabelled."""
+def _load_folder(
+    path: str | None, split: str, image_size: int | None, channels: int, skip_corrupt: bool, maps_path: str | None
+) -> ImageData:
+    """Images of a folder: one class per sub-directory holding images, else unlabelled; with ``maps_path``, the
+    map of each image."""
     if path is None or not Path(path).is_dir():
         raise LatentFMError(f"image folder {path} not found: set data.path to a directory of images")
     if split == "test":
@@ -247,18 +270,24 @@ def _load_folder(path: str | None, split: str, image_size: int | None, channels:
         files = [(f, -1) for f in _image_files(root)]
     if not files:
         raise LatentFMError(f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    arrays, labels = [], []
+    arrays, labels, read = [], [], []
     for file, label in files:
         array = _read_image(file, PIL_MODES[channels], image_size, skip_corrupt)
         if array is not None:
             arrays.append(array)
             labels.append(label)
+            read.append(file)
     if not arrays:
         raise LatentFMError(f"image folder {root} holds no readable images: all {len(files)} are corrupt")
     images = torch.from_numpy(_stack_same_size(arrays, files)).permute(0, 3, 1, 2).contiguous()
     label_tensor = torch.tensor(labels, dtype=torch.int64) if classes else None
     names = [d.name for d in classes]
-    return ImageData(images, label_tensor, len(names), names, skipped=len(files) - len(arrays))
+    maps = None
+    if maps_path is not None:
+        maps = load_maps([Path(maps_path, f.relative_to(root)).with_suffix(".png") for f in read], image_size)
+        if maps.shape[-2:] != images.shape[-2:]:
+            raise LatentFMError(f"maps in {maps_path} are {tuple(maps.shape[-2:])}, images {tuple(images.shape[-2:])}")
+    return ImageData(images, label_tensor, len(names), names, skipped=len(files) - len(arrays), maps=maps)
 
 
 def _image_files(directory: Path) -> list[Path]:

@@ -95,9 +95,16 @@ def _config_shape(config: ModelConfig) -> dict[str, Any]:
 
 
 def build_model(
-    config: ModelConfig, in_channels: int, image_size: int, num_classes: int, concat_channels: int = 0
+    config: ModelConfig,
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    concat_channels: int = 0,
+    concat_encoder: nn.Module | None = None,
 ) -> nn.Module:
-    """The backbone ``config`` describes for inputs of ``in_channels`` × ``image_size``²."""
+    """The backbone ``config`` describes for inputs of ``in_channels`` × ``image_size``², with
+    ``concat_channels`` condition channels (made from ``cond.concat`` by ``concat_encoder`` when given: a task's
+    ``model_inputs`` say both)."""
     if config.arch not in ARCHS:
         raise LatentFMError(f"model.arch={config.arch!r} is unknown; available: {', '.join(ARCHS)}")
     shape = _config_shape(config)
@@ -112,6 +119,7 @@ def build_model(
         num_classes=num_classes,
         class_dropout=config.class_dropout,
         concat_channels=concat_channels,
+        concat_encoder=concat_encoder,
         grad_checkpointing=config.grad_checkpointing,
     )
     return (DiT if config.arch == "dit" else UNet)(**common, **shape)

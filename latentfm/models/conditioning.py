@@ -17,18 +17,22 @@ def check_velocity_inputs(model: str, x: torch.Tensor, t: torch.Tensor, shape: t
         raise LatentFMError(f"{model}: t has shape {tuple(t.shape)}, expected [{x.shape[0]}] (one time per sample)")
 
 
-def concat_input(model: str, cond: Condition, channels: int, x: torch.Tensor) -> torch.Tensor | None:
-    """The validated ``cond.concat`` for input ``x`` of a backbone with ``channels`` concat channels."""
+def concat_input(
+    model: str, cond: Condition, channels: int, x: torch.Tensor, encoder: nn.Module | None = None
+) -> torch.Tensor | None:
+    """The validated ``cond.concat`` for input ``x`` of a backbone with ``channels`` concat channels, passed
+    through the backbone's condition ``encoder`` first when it has one."""
     if not channels:
         if cond.concat is not None:
             raise LatentFMError(f"{model}: cond.concat was given but the model has concat_channels=0")
         return None
     if cond.concat is None:
         raise LatentFMError(f"{model}: the model has concat_channels={channels} but cond.concat is missing")
+    concat = cond.concat if encoder is None else encoder(cond.concat.to(x.dtype))
     expected = (x.shape[0], channels, *x.shape[2:])
-    if tuple(cond.concat.shape) != expected:
-        raise LatentFMError(f"{model}: cond.concat has shape {tuple(cond.concat.shape)}, expected {expected}")
-    return cond.concat
+    if tuple(concat.shape) != expected:
+        raise LatentFMError(f"{model}: cond.concat has shape {tuple(concat.shape)}, expected {expected}")
+    return concat
 
 
 def label_embedding(model: str, embedder: nn.Module | None, labels: torch.Tensor | None, x: torch.Tensor):

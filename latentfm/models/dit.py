@@ -129,9 +129,10 @@ class DiT(nn.Module):
     missing labels mean unconditional) and ``concat`` channels ``[B, concat_channels, H, W]``.
 
     The concat channels have their own zero-initialised patch embedding added to the main one, so a
-    trained checkpoint gains a condition without changing its output at first. ``learn_sigma`` only
-    doubles the output channels of the last layer for DiT/SiT checkpoint parity; the extra channels
-    are dropped and the output always has the shape of ``x``. The output is exactly zero at init.
+    trained checkpoint gains a condition without changing its output at first; a ``concat_encoder`` (a
+    semantic map rescaler) turns ``cond.concat`` into those channels first and is part of the model.
+    ``learn_sigma`` only doubles the output channels of the last layer for DiT/SiT checkpoint parity; the
+    extra channels are dropped and the output always has the shape of ``x``. The output is exactly zero at init.
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class DiT(nn.Module):
         num_classes: int = 0,
         class_dropout: float = 0.1,
         concat_channels: int = 0,
+        concat_encoder: nn.Module | None = None,
         learn_sigma: bool = False,
         grad_checkpointing: bool = False,
     ) -> None:
@@ -158,6 +160,7 @@ class DiT(nn.Module):
         self.patch_size = patch_size
         self.num_classes = num_classes
         self.concat_channels = concat_channels
+        self.concat_encoder = concat_encoder
         self.grad_checkpointing = grad_checkpointing
 
         self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
@@ -198,7 +201,7 @@ class DiT(nn.Module):
         cond = cond if cond is not None else Condition()
         check_velocity_inputs("DiT", x, t, (self.in_channels, self.image_size, self.image_size))
         tokens = self.x_embedder(x) + self.pos_embed
-        concat = concat_input("DiT", cond, self.concat_channels, x)
+        concat = concat_input("DiT", cond, self.concat_channels, x, self.concat_encoder)
         if concat is not None:
             tokens = tokens + self.concat_embedder(concat)
         c = self.t_embedder(t) + label_embedding("DiT", self.y_embedder, cond.labels, x)

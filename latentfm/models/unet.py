@@ -148,7 +148,8 @@ class UNet(nn.Module):
     ``num_res_blocks`` residual blocks; self-attention runs where the feature map is one of
     ``attention_resolutions`` pixels wide (and always in the middle), with heads of ``num_head_channels``.
     The concat channels enter through their own zero-initialised convolution and the output layer starts at
-    zero, so the model outputs exactly zero at init and a trained model gains a condition unchanged.
+    zero, so the model outputs exactly zero at init and a trained model gains a condition unchanged. A
+    ``concat_encoder`` (a semantic map rescaler) turns ``cond.concat`` into those channels first.
 
     >>> model = UNet(in_channels=1, image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
     ...              attention_resolutions=(4,), num_classes=10)
@@ -171,6 +172,7 @@ class UNet(nn.Module):
         num_classes: int = 0,
         class_dropout: float = 0.1,
         concat_channels: int = 0,
+        concat_encoder: nn.Module | None = None,
         learn_sigma: bool = False,
         resblock_updown: bool = False,
         norm_groups: int = 32,
@@ -186,6 +188,7 @@ class UNet(nn.Module):
         self.image_size = image_size
         self.num_classes = num_classes
         self.concat_channels = concat_channels
+        self.concat_encoder = concat_encoder
         self.grad_checkpointing = grad_checkpointing
         self.channels_last = channels_last
         emb = 4 * model_channels
@@ -240,7 +243,7 @@ class UNet(nn.Module):
         """Velocity ``[B, in_channels, H, W]`` at state ``x`` and time ``t`` given ``cond``."""
         cond = cond if cond is not None else Condition()
         check_velocity_inputs("UNet", x, t, (self.in_channels, self.image_size, self.image_size))
-        concat = concat_input("UNet", cond, self.concat_channels, x)
+        concat = concat_input("UNet", cond, self.concat_channels, x, self.concat_encoder)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         h = self.input_conv(x)

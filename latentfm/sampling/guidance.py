@@ -15,7 +15,8 @@ class GuidedVelocity:
         model: a backbone ``model(x, t, cond) -> v``.
         cond: the condition of the batch being sampled (labels and/or concat channels), or None.
         cfg_scale: the guidance weight ``w``; 1 means plain conditional sampling (one pass).
-        null_label: the label meaning "no class" (the model's ``num_classes``).
+        uncond: the condition of the unguided half (the task says which parts guidance drops: the null
+            label, an empty map; an inpainting condition stays). None: nothing to guide, one pass.
         interval: optional ``(t_low, t_high)``; guidance applies only for t inside it, elsewhere the
             conditional velocity is used alone (one pass).
 
@@ -27,15 +28,15 @@ class GuidedVelocity:
         model: nn.Module,
         cond: Condition | None = None,
         cfg_scale: float = 1.0,
-        null_label: int | None = None,
+        uncond: Condition | None = None,
         interval: tuple[float, float] | None = None,
     ):
         self.model, self.cond, self.cfg_scale = model, cond or Condition(), cfg_scale
-        self.null_label, self.interval = null_label, interval
+        self.uncond, self.interval = uncond, interval
         self.network_passes = 0
 
     def _guided_at(self, t: torch.Tensor) -> bool:
-        if self.cfg_scale == 1.0 or self.cond.labels is None:
+        if self.cfg_scale == 1.0 or self.uncond is None:
             return False
         if self.interval is None:
             return True
@@ -47,7 +48,6 @@ class GuidedVelocity:
             self.network_passes += 1
             return self.model(x, t, self.cond)
         self.network_passes += 2
-        doubled = self.cond.repeat(2)
-        doubled.labels[x.shape[0] :] = self.null_label
-        v_cond, v_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), doubled).chunk(2)
+        both = self.cond.cat(self.uncond)
+        v_cond, v_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return v_uncond + self.cfg_scale * (v_cond - v_uncond)

@@ -6,22 +6,51 @@ and never branch on which task it is. Tasks hold no weights: a learnable conditi
 
 from __future__ import annotations
 
+from latentfm.config import TaskConfig
+from latentfm.data.masks import MaskSettings
 from latentfm.errors import LatentFMError
-from latentfm.tasks.classes import ClassTask, Task
+from latentfm.tasks.base import Encode, Inputs, Task, TrainingBatch
+from latentfm.tasks.classes import ClassTask
+from latentfm.tasks.inpaint import InpaintTask
+from latentfm.tasks.semantic import SemanticTask, intensity_maps
 
-TASKS = {"class": ClassTask}
+TASKS = ("class", "inpaint", "semantic")
 
 
-def build_task(kind: str = "class") -> Task:
-    """The task called ``kind`` (``task.kind`` in a config).
+def build_task(config: TaskConfig | None = None) -> Task:
+    """The task a config's ``task`` section describes (None: ``class``).
 
     Example:
-        >>> build_task("class").kind
-        'class'
+        >>> build_task(TaskConfig(kind="inpaint")).kind
+        'inpaint'
     """
-    if kind not in TASKS:
-        raise LatentFMError(f"task.kind={kind!r} is unknown; use one of {', '.join(TASKS)}")
-    return TASKS[kind]()
+    config = config or TaskConfig()
+    if config.kind == "class":
+        return ClassTask()
+    if config.kind == "inpaint":
+        masks = MaskSettings(
+            kinds=tuple(config.mask_kinds),
+            min_fraction=config.mask_min_fraction,
+            max_fraction=config.mask_max_fraction,
+            everything_probability=config.mask_everything_probability,
+        )
+        return InpaintTask(masks)
+    if config.kind == "semantic":
+        return SemanticTask(
+            config.map_source, config.map_bands, config.map_classes, config.map_channels, config.map_dropout
+        )
+    raise LatentFMError(f"task.kind={config.kind!r} is unknown; use one of {', '.join(TASKS)}")
 
 
-__all__ = ["ClassTask", "TASKS", "Task", "build_task"]
+__all__ = [
+    "TASKS",
+    "ClassTask",
+    "Encode",
+    "InpaintTask",
+    "Inputs",
+    "SemanticTask",
+    "Task",
+    "TrainingBatch",
+    "build_task",
+    "intensity_maps",
+]

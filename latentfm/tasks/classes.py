@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
 import torch
 
 from latentfm.condition import Condition
-
-
-class Task(Protocol):
-    """What the trainer and the pipeline ask of a task."""
-
-    kind: str
-
-    def training_condition(self, x1: torch.Tensor, labels: torch.Tensor | None) -> Condition:
-        """The condition of a training batch of data ``x1`` with its ``labels``."""
-        ...
-
-    def sampling_condition(self, labels: torch.Tensor | None) -> Condition:
-        """The condition of samples a user asks for."""
-        ...
-
-    def coupling_groups(self, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """Which rows a coupling may pair with each other (equal values), or None for any."""
-        ...
+from latentfm.tasks.base import Encode, Inputs, TrainingBatch, check_input_names, null_labels
 
 
 class ClassTask:
@@ -32,22 +15,39 @@ class ClassTask:
 
     Example:
         >>> task = ClassTask()
-        >>> task.training_condition(torch.zeros(2, 1, 4, 4), torch.tensor([3, 1])).labels.tolist()
+        >>> batch = TrainingBatch(torch.zeros(2, 1, 4, 4), torch.tensor([3, 1]))
+        >>> task.training_condition(batch, encode=None).labels.tolist()
         [3, 1]
-        >>> task.sampling_condition(None)
-        Condition(labels=None, concat=None)
+        >>> task.unconditional(Condition(labels=torch.tensor([3])), null_label=10).labels.tolist()
+        [10]
     """
 
     kind = "class"
+    needs_images = False
 
-    def training_condition(self, x1: torch.Tensor, labels: torch.Tensor | None) -> Condition:
+    def model_inputs(self, latent_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> dict[str, Any]:
+        """No condition channels."""
+        return {}
+
+    def training_condition(self, batch: TrainingBatch, encode: Encode) -> Condition:
         """The batch's labels (label dropout for guidance happens in the model)."""
-        return Condition(labels=labels)
+        return Condition(labels=batch.labels)
 
-    def sampling_condition(self, labels: torch.Tensor | None) -> Condition:
+    def sampling_condition(
+        self, labels: torch.Tensor | None, inputs: Inputs | None, encode: Encode, image_shape: tuple[int, ...]
+    ) -> Condition:
         """The requested labels (None: unconditional)."""
+        check_input_names(self.kind, inputs, set())
         return Condition(labels=labels)
 
-    def coupling_groups(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+    def unconditional(self, cond: Condition, null_label: int) -> Condition | None:
+        """The null label."""
+        return None if cond.labels is None else Condition(labels=null_labels(cond, null_label))
+
+    def preview_inputs(self, batch: TrainingBatch) -> Inputs | None:
+        """None: class samples need no inputs."""
+        return None
+
+    def coupling_groups(self, batch: TrainingBatch) -> torch.Tensor | None:
         """The labels: minibatch OT pairs noise with data of one class only."""
-        return labels
+        return batch.labels

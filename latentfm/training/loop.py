@@ -27,7 +27,7 @@ from latentfm.errors import LatentFMError, first_difference
 from latentfm.seeding import generator
 
 # Independent random streams, each seeded from (train.seed, stream, ...).
-ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE = range(7)
+ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE, TASK = range(8)
 
 # Keys that may change when a run is resumed; any other difference is refused.
 RESUMABLE_KEYS = {

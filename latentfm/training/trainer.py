@@ -26,9 +26,9 @@ from latentfm.models.build import build_model
 from latentfm.pipeline import FlowPipeline
 from latentfm.sampling import SamplerSettings, settings_from_section
 from latentfm.seeding import derive_seed, generator
-from latentfm.tasks import build_task
+from latentfm.tasks import TrainingBatch, build_task
 from latentfm.training.ema import EMA
-from latentfm.training.loop import ENCODE, INIT, MODEL, NOISE, NORM, TrainingLoop
+from latentfm.training.loop import ENCODE, INIT, MODEL, NOISE, NORM, TASK, TrainingLoop
 
 
 class Trainer(TrainingLoop):
@@ -42,12 +42,16 @@ class Trainer(TrainingLoop):
     def __init__(self, config: Config, data: ImageData | None = None, make_evaluation: Callable | None = None):
         super().__init__(config)
         train = config.train
-        self.task = build_task(config.task.kind)
+        self.task = build_task(config.task)
         self.sampler: SamplerSettings = settings_from_section(config.sample)
         self.autoencoder, self.latents = self._latent_source(data)
         self.autoencoder_identity = autoencoder_identity(self.autoencoder, config.autoencoder.kind)
         if isinstance(self.latents, LatentCache):
             check_cache_autoencoder(self.latents, self.autoencoder_identity)
+            if self.task.needs_images:
+                raise LatentFMError(
+                    f"task.kind={self.task.kind} builds its condition from the images: unset data.latent_cache"
+                )
         if len(self.latents) < train.batch_size:
             raise LatentFMError(f"train.batch_size={train.batch_size} exceeds the {len(self.latents)} training items")
         flow = config.flow
@@ -63,7 +67,10 @@ class Trainer(TrainingLoop):
             self.latent_norm = latent_norm_for(self.autoencoder, config.autoencoder.normalize, self._moments)
         self.latent_shape = tuple(self.latents.batch(torch.arange(1), device=self.device)[0].shape[1:])
         torch.manual_seed(derive_seed(train.seed, INIT))
-        self.model = build_model(config.model, self.latent_shape[0], self.latent_shape[1], self.latents.num_classes)
+        condition_inputs = self.task.model_inputs(self.latent_shape, tuple(self.latents.image_shape))
+        self.model = build_model(
+            config.model, self.latent_shape[0], self.latent_shape[1], self.latents.num_classes, **condition_inputs
+        )
         self.model.to(self.device)
         self.ema = EMA(self.model, train.ema_decay, train.ema_warmup)
         self.optimizer = self.adamw(self.model.parameters())
@@ -130,22 +137,49 @@ class Trainer(TrainingLoop):
 
     # -- one step ------------------------------------------------------------------------------------
 
-    def _data(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's normalised latents and labels for ``step``, drawn statelessly from the global batch."""
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised latents of images in [-1, 1] (what a task's condition encodes)."""
+        return self.latent_norm.normalize(self.autoencoder.encode(images.to(self.device)).float())
+
+    def training_batch(self, step: int) -> TrainingBatch:
+        """This rank's part of ``step``'s batch, drawn statelessly from the global batch."""
         indices, flips = self.batch_indices(len(self.latents), step)
-        torch.manual_seed(derive_seed(self.config.train.seed, ENCODE, step, self.dist.rank))  # posterior samples
-        latents, labels = self.latents.batch(indices, flips, device=self.device)
-        return self.latent_norm.normalize(latents), labels
+        part = self.rank_slice()
+        return self._batch(step, indices, flips, range(part.start, part.stop))
+
+    @torch.no_grad()
+    def _batch(self, step: int, indices: torch.Tensor, flips: torch.Tensor | None, rows: range) -> TrainingBatch:
+        """The task's view of dataset ``indices`` (global ``rows`` of ``step``'s batch): normalised latents,
+        labels, and the images and maps when the task needs them."""
+        seed = self.config.train.seed
+        torch.manual_seed(derive_seed(seed, ENCODE, step, self.dist.rank))  # posterior samples
+        images = maps = None
+        if self.task.needs_images:
+            images, labels = self.latents.data.batch(indices, flips, device=self.device)
+            latents = self.autoencoder.encode(images).float()
+            maps = self.latents.data.map_batch(indices, flips, device=self.device)
+        else:
+            latents, labels = self.latents.batch(indices, flips, device=self.device)
+        return TrainingBatch(
+            x1=self.latent_norm.normalize(latents),
+            labels=labels,
+            images=images,
+            maps=maps,
+            rows=torch.tensor(list(rows), device=self.device),
+            seeds=[derive_seed(seed, TASK, step, row) for row in rows],
+        )
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step; returns the detached loss."""
-        x1, labels = self._data(self.step)
+        batch, part = self.training_batch(self.step), self.rank_slice()
         noise = generator(self.device, self.config.train.seed, NOISE, self.step)
-        groups = self.task.coupling_groups(labels)
-        flow = self.objective(x1, noise, groups, self.config.train.batch_size, self.rank_slice())
+        groups = self.task.coupling_groups(batch)
+        flow = self.objective(batch.x1, noise, groups, self.config.train.batch_size, part)
+        cond = self.task.training_condition(batch, self.encode)
         torch.manual_seed(derive_seed(self.config.train.seed, MODEL, self.step, self.dist.rank))
         with self.autocast():
-            predicted = self.train_model(flow.x_t, flow.t, self.task.training_condition(x1, labels))
+            predicted = self.train_model(flow.x_t, flow.t, cond)
         loss = flow_matching_loss(predicted, flow.u_t)
         self.optimise(loss, self.model, self.optimizer)
         self.ema.update(self.model, self.step)
@@ -170,12 +204,19 @@ class Trainer(TrainingLoop):
         )
 
     def save_samples(self) -> Path:
-        """A grid of EMA samples, one row per class, to ``RUN/samples/step_XXXXXXXX.png``."""
+        """A grid of EMA samples to ``RUN/samples/step_XXXXXXXX.png``: one row per class, or, for a task that
+        takes inputs, samples for the first training images' inputs (their masks, their maps)."""
         s = self.config.sample
         classes = max(1, self.latents.num_classes)
         labels = torch.arange(classes).repeat_interleave(s.per_class) if self.latents.num_classes else None
+        inputs = None
+        n = classes * s.per_class
+        if self.task.needs_images:
+            n = min(n, len(self.latents))
+            preview = self._batch(0, torch.arange(n), None, range(n))  # step 0's masks for the first images
+            inputs, labels = self.task.preview_inputs(preview), preview.labels
         images, _ = self.pipeline().generate(
-            labels, n=classes * s.per_class, seed=self.config.train.seed, settings=self.sampler
+            labels, n=n, seed=self.config.train.seed, settings=self.sampler, inputs=inputs
         )
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_grid(images, path, columns=s.per_class)
