@@ -132,18 +132,130 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
     settings = _sampler_settings(args, pipe.sampler)
-    labels = _parse_labels(args.labels, pipe.num_classes)
-    label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
+    run = {"checkpoint": str(args.checkpoint), "seed": args.seed, "schedule": args.schedule}
+    if args.semantic:
+        map_files = _map_files(args.semantic)
+        maps = torch.stack([_read_map(file, pipe.image_shape) for file in map_files]).repeat_interleave(args.n, 0)
+        label_tensor = _cycled_labels(args.labels, pipe.num_classes, args.n, len(map_files))
+        total, columns, run["semantic"] = len(maps), args.n, [str(file) for file in map_files]
+    else:
+        labels = _parse_labels(args.labels, pipe.num_classes)
+        label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
+        maps, total, columns = None, args.n, args.n if labels else 16
     start = time.perf_counter()
     images, stats = pipe.generate(
-        label_tensor, n=args.n, seed=args.seed, settings=settings, batch_size=args.batch_size, progress=True
+        label_tensor,
+        n=total,
+        seed=args.seed,
+        settings=settings,
+        batch_size=args.batch_size,
+        progress=True,
+        semantic=maps,
     )
     seconds = time.perf_counter() - start
     out = Path(args.out)
-    guidance = {"cfg": settings.cfg, "guidance_interval": interval_text(settings.guidance_interval)}
-    run = {"checkpoint": str(args.checkpoint), "seed": args.seed, "schedule": args.schedule, **guidance}
-    save_samples(out, images, label_tensor, stats, {**run, "seconds": round(seconds, 3)}, args.n if labels else 16)
+    run.update(cfg=settings.cfg, guidance_interval=interval_text(settings.guidance_interval))
+    save_samples(out, images, label_tensor, stats, {**run, "seconds": round(seconds, 3)}, columns)
     print(f"wrote {len(images)} samples ({stats.nfe} NFE, {seconds:.1f}s) to {out}/samples.png and samples.npz")
+
+
+def _paired_files(image: str, mask: str) -> list[tuple[Path, Path]]:
+    """(image, mask) file pairs: two files, or two folders whose PNGs pair by file name."""
+    image_path, mask_path = Path(image), Path(mask)
+    for path, flag in ((image_path, "--image"), (mask_path, "--mask")):
+        if not path.exists():
+            raise LatentFMError(f"{flag} {path} not found: give a PNG file or a folder of PNGs")
+    if image_path.is_dir() != mask_path.is_dir():
+        raise LatentFMError(f"--image {image_path} and --mask {mask_path}: give two files or two folders")
+    if not image_path.is_dir():
+        return [(image_path, mask_path)]
+    names = sorted(f.name for f in image_path.iterdir() if f.suffix.lower() == ".png")
+    if not names:
+        raise LatentFMError(f"--image {image_path} holds no PNG files")
+    missing = [name for name in names if not (mask_path / name).is_file()]
+    if missing:
+        raise LatentFMError(f"--mask {mask_path} has no {missing[0]}: masks pair with images by file name")
+    return [(image_path / name, mask_path / name) for name in names]
+
+
+def _cycled_labels(text: str | None, num_classes: int, per_input: int, inputs: int) -> torch.Tensor | None:
+    """``--labels`` cycled over the ``per_input`` outputs of each input; None (the null label) when not given."""
+    labels = None if text is None else _parse_labels(text, num_classes)  # refuses labels an unconditional model
+    if labels is None:
+        return None
+    return torch.tensor([labels[j % len(labels)] for j in range(per_input)]).repeat(inputs)
+
+
+def _read_pair(image_file: Path, mask_file: Path, image_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image in the model's channel mode and its mask, refused in one line unless both have the model's size."""
+    from latentfm.image_io import read_image, read_mask
+
+    image, mask = read_image(image_file, image_shape[0]), read_mask(mask_file)
+    if mask.shape[-2:] != image.shape[-2:]:
+        size = "x".join(map(str, image.shape[:0:-1]))
+        raise LatentFMError(f"mask {mask_file} is not {size} like image {image_file}: give masks of the image's size")
+    if tuple(image.shape) != tuple(image_shape):
+        expected = "x".join(map(str, image_shape[:0:-1]))
+        raise LatentFMError(f"image {image_file} is not {expected}, the size of the model's images: resize it")
+    return image, mask
+
+
+def cmd_inpaint(args: argparse.Namespace) -> None:
+    """Complete the white part of each mask (black = keep) with a checkpoint trained with task.kind=inpaint;
+    writes OUT/inpainted.npz (uint8 completions), OUT/inpainted.png (image, mask, completions per row) and
+    OUT/stats.json. The known region of every completion is the input's pixels exactly."""
+    from latentfm.pipeline import FlowPipeline, save_inpainted
+
+    pairs = _paired_files(args.image, args.mask)
+    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    images, masks = map(torch.stack, zip(*[_read_pair(image, mask, pipe.image_shape) for image, mask in pairs]))
+    if args.n < 1:
+        raise LatentFMError(f"--n {args.n}: ask for at least one completion")
+    settings = _sampler_settings(args, pipe.sampler)
+    labels = _cycled_labels(args.labels, pipe.num_classes, args.n, len(pairs))
+    start = time.perf_counter()
+    completions, stats = pipe.inpaint(
+        images,
+        masks,
+        n=args.n,
+        labels=labels,
+        seed=args.seed,
+        settings=settings,
+        batch_size=args.batch_size,
+        progress=True,
+    )
+    seconds = time.perf_counter() - start
+    guidance = {"cfg": settings.cfg, "guidance_interval": interval_text(settings.guidance_interval)}
+    run = {"checkpoint": str(args.checkpoint), "inputs": [str(image) for image, _ in pairs], "seed": args.seed}
+    save_inpainted(Path(args.out), images, masks, completions, stats, {**run, **guidance, "seconds": round(seconds, 3)})
+    print(
+        f"wrote {len(completions)} completions ({stats.nfe} NFE, {seconds:.1f}s) to {args.out}/inpainted.png "
+        "and inpainted.npz"
+    )
+
+
+def _map_files(path: str) -> list[Path]:
+    """``--semantic``: one map file, or the PNGs of a folder in file-name order."""
+    source = Path(path)
+    if source.is_dir():
+        files = sorted(f for f in source.iterdir() if f.suffix.lower() == ".png")
+        if not files:
+            raise LatentFMError(f"--semantic {source} holds no PNG maps")
+        return files
+    if not source.is_file():
+        raise LatentFMError(f"--semantic {source} not found: give a PNG of class ids or a folder of them")
+    return [source]
+
+
+def _read_map(file: Path, image_shape: tuple[int, ...]) -> torch.Tensor:
+    """A map file as ``[1, H, W]`` class ids, refused unless it has the model's image size."""
+    from latentfm.data.maps import read_map
+
+    array = torch.from_numpy(read_map(file))
+    if tuple(array.shape) != tuple(image_shape[1:]):
+        size = "x".join(map(str, image_shape[:0:-1]))
+        raise LatentFMError(f"map {file} is {array.shape[1]}x{array.shape[0]}, the model makes {size} images")
+    return array[None]
 
 
 def _sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
@@ -350,11 +462,32 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="generate images from a checkpoint", description=cmd_sample.__doc__)
     sample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
     sample.add_argument("--labels", default=None, help="'all' (default), '0,3,7' or '2-5'; one grid row per label")
-    sample.add_argument("--n", type=int, default=8, help="samples per label (total when unconditional)")
+    sample.add_argument("--n", type=int, default=8, help="samples per label or map (total when unconditional)")
+    sample.add_argument(
+        "--semantic",
+        metavar="MAP.png|DIR",
+        help="a semantic model's map of class ids (or a folder of maps): --n samples each, one grid row per map; "
+        "--labels then cycle over each map's samples (default: none)",
+    )
     _add_sampler_arguments(sample)
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sample.add_argument("--out", required=True, help="output directory")
     sample.set_defaults(run=cmd_sample)
+
+    inpaint = commands.add_parser(
+        "inpaint", help="complete masked images with an inpainting checkpoint", description=cmd_inpaint.__doc__
+    )
+    inpaint.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    inpaint.add_argument("--image", required=True, help="image PNG, or a folder of PNGs (paired with --mask by name)")
+    inpaint.add_argument("--mask", required=True, help="mask PNG (white = generate, black = keep), or a folder")
+    inpaint.add_argument(
+        "--labels", default=None, help="class labels cycled over each image's completions (default: none)"
+    )
+    inpaint.add_argument("--n", type=int, default=8, help="completions of each image (default 8)")
+    _add_sampler_arguments(inpaint)
+    inpaint.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    inpaint.add_argument("--out", required=True, help="output directory")
+    inpaint.set_defaults(run=cmd_inpaint)
 
     search = commands.add_parser(
         "search-schedule",

@@ -10,6 +10,9 @@ import torch
 from PIL import Image
 
 from latentfm.atomic import write_bytes_atomic
+from latentfm.errors import LatentFMError
+
+PIL_MODES = {1: "L", 3: "RGB"}
 
 
 def quantise(images: torch.Tensor) -> torch.Tensor:
@@ -68,3 +71,35 @@ def write_samples(out: Path, images: torch.Tensor, labels: torch.Tensor | None, 
     label_array = np.full(len(images), -1) if labels is None else labels.numpy()
     np.savez_compressed(buffer, images=to_uint8(images), labels=label_array.astype(np.int64))
     write_bytes_atomic(out / "samples.npz", buffer.getvalue())
+
+
+def _open(path: str | Path, what: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise LatentFMError(f"cannot read {what} {path} ({err}): give a PNG") from err
+
+
+def read_image(path: str | Path, channels: int) -> torch.Tensor:
+    """One image file as float ``[channels, H, W]`` in [-1, 1] (converted to grey or RGB as a model needs)."""
+    array = np.array(_open(path, "image").convert(PIL_MODES[channels]), dtype=np.uint8)
+    return from_uint8(torch.from_numpy(array.reshape(*array.shape[:2], channels)).permute(2, 0, 1))
+
+
+def read_mask(path: str | Path) -> torch.Tensor:
+    """A black-and-white mask file as float ``[1, H, W]``: 1 where it is white (generate), 0 where black (keep);
+    any grey is refused in one line.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "mask.png"
+        >>> Image.fromarray(np.array([[0, 255]], np.uint8)).save(path)
+        >>> read_mask(path).tolist()
+        [[[0.0, 1.0]]]
+    """
+    array = np.asarray(_open(path, "mask").convert("L"), dtype=np.uint8)
+    if not np.isin(array, (0, 255)).all():
+        raise LatentFMError(f"mask {path} has grey pixels: use pure black (0, keep) and white (255, generate)")
+    return torch.from_numpy(array == 255).float()[None]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -18,7 +20,7 @@ from latentfm.checkpoint import read_state, read_tensors, resolve_checkpoint
 from latentfm.condition import Condition
 from latentfm.config import config_from_dict
 from latentfm.errors import LatentFMError, first_difference
-from latentfm.image_io import write_samples
+from latentfm.image_io import save_grid, to_uint8, write_samples
 from latentfm.models.build import build_model
 from latentfm.sampling import GuidedVelocity, SamplerSettings, SampleStats, sample, settings_from_section
 from latentfm.seeding import source_noise
@@ -252,3 +254,26 @@ def save_samples(
     write_samples(out, images, labels, columns=min(columns, len(images)))
     report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times}
     write_bytes_atomic(out / "stats.json", json.dumps({**report, "samples": len(images)}, indent=1).encode())
+
+
+def save_inpainted(
+    out: Path,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    completions: torch.Tensor,
+    stats: SampleStats,
+    run: dict[str, Any],
+) -> None:
+    """``OUT/inpainted.npz`` (``images``: the uint8 completions, N×H×W or N×H×W×C, ``n`` per input in input
+    order), ``OUT/inpainted.png`` (a row per input: the image, its mask, its completions) and ``OUT/stats.json``,
+    each written atomically. ``images`` [M, C, H, W] and ``masks`` [M, 1, H, W] are the inputs."""
+    per_input = len(completions) // len(images)
+    mask_tiles = (masks * 2 - 1).expand(-1, images.shape[1], -1, -1)
+    groups = completions.view(len(images), per_input, *images.shape[1:])
+    rows = [torch.cat([image[None], mask[None], group]) for image, mask, group in zip(images, mask_tiles, groups)]
+    save_grid(torch.cat(rows), out / "inpainted.png", columns=per_input + 2)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=to_uint8(completions))
+    write_bytes_atomic(out / "inpainted.npz", buffer.getvalue())
+    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times}
+    write_bytes_atomic(out / "stats.json", json.dumps({**report, "completions": len(completions)}, indent=1).encode())

@@ -16,6 +16,7 @@ COMMANDS = [
     "train-autoencoder",
     "encode",
     "sample",
+    "inpaint",
     "search-schedule",
     "bench",
     "train-classifier",

@@ -26,7 +26,7 @@ from PIL import Image
 from latentfm.config import DataConfig
 from latentfm.data.maps import load_maps
 from latentfm.errors import LatentFMError
-from latentfm.image_io import from_uint8
+from latentfm.image_io import PIL_MODES, from_uint8
 
 KINDS = ("digits", "idx", "folder", "npz")
 SPLITS = ("train", "test", "all")
@@ -47,7 +47,6 @@ FASHION_NAMES = [
     "Ankle boot",
 ]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
-PIL_MODES = {1: "L", 3: "RGB"}
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
 
 

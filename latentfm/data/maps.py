@@ -36,7 +36,7 @@ def read_map(file: str | Path, image_size: int | None = None) -> np.ndarray:
         side = min(img.size)
         left, top = (img.width - side) // 2, (img.height - side) // 2
         img = img.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.Resampling.NEAREST)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)
 
 
 def load_maps(files: list[Path], image_size: int | None = None) -> torch.Tensor:
