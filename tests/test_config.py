@@ -1,9 +1,12 @@
 """Config loading: YAML + dotted overrides, unknown keys and wrong types named."""
 
 import pytest
+import torch
 
 from latentfm.config import config_to_dict, load_config, recipe_path
 from latentfm.errors import LatentFMError
+from latentfm.models.build import build_model
+from latentfm.tasks import build_task
 
 
 def test_defaults_and_overrides():
@@ -52,11 +55,26 @@ def test_bad_files(tmp_path):
         load_config(scalar)
 
 
-@pytest.mark.parametrize(
-    "name", ["digits", "fashion_mnist", "fashion_mnist_latent", "imagenet256_dit_b2", "imagenet256_unet_adm"]
-)
+RECIPES = ["digits", "fashion_mnist", "fashion_mnist_latent", "imagenet256_dit_b2", "imagenet256_unet_adm"]
+RECIPES += ["fashion_mnist_inpaint", "fashion_mnist_semantic", "celeba_hq256_inpaint", "celeba_hq256_semantic"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_shipped_recipes_load(name):
     assert load_config(recipe_path(name)).train.steps > 0
+
+
+@pytest.mark.parametrize("name", ["celeba_hq256_inpaint", "celeba_hq256_semantic"])
+def test_gpu_task_recipes_build_their_models_at_lfm_input_widths(name):
+    """The 9-channel (inpaint) and 8-channel (semantic) LFM inputs on 32x32x4 SD-VAE latents of 256² images."""
+    config = load_config(recipe_path(name))
+    task = build_task(config.task)
+    inputs = task.model_inputs((4, 32, 32), (3, 256, 256))
+    with torch.device("meta"):
+        model = build_model(config.model, 4, 32, 0, **inputs)
+    assert 4 + model.concat_channels == (9 if name.endswith("inpaint") else 8)
+    if name.endswith("semantic"):
+        assert model.concat_encoder(torch.zeros(1, 19, 256, 256, device="meta")).shape == (1, 4, 32, 32)
 
 
 def test_autoencoder_recipe_loads_with_its_list_field():
