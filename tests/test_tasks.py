@@ -296,3 +296,24 @@ def test_sample_command_follows_semantic_maps(semantic_run, inpaint_run, tmp_pat
     other = ["sample", "--checkpoint", str(inpaint_run), "--semantic", str(tmp_path / "maps" / "0.png")]
     assert main([*other, "--out", str(tmp_path / "wrong")]) == 2
     assert "takes image and mask, not map" in capsys.readouterr().err
+
+
+def test_inpainting_without_labels_on_an_unlabelled_rgb_folder(tmp_path, capsys):
+    root = make_segmentation_folder(tmp_path / "seg")
+    overrides = [*INPAINT, "data.dataset=folder", f"data.path={root / 'images'}", "data.image_size=8"]
+    Trainer(
+        load_config(None, [*overrides, "train.batch_size=4", "train.steps=2", f"train.out_dir={tmp_path / 'r'}"])
+    ).run()
+    pipe = FlowPipeline.from_checkpoint(tmp_path / "r")
+    assert pipe.num_classes == 0 and pipe.image_shape == (3, 8, 8)
+    image = load_dataset("folder", str(root / "images"), image_size=8).batch(torch.tensor([0]))[0][0]
+    completions, _ = pipe.inpaint(image, digit_and_box()[1], n=2, nfe=2)
+    assert completions.shape == (2, 3, 8, 8)
+    write_png(tmp_path / "i.png", quantise(image).permute(1, 2, 0))
+    write_png(tmp_path / "m.png", digit_and_box()[1][0] * 255)
+    args = ["inpaint", "--checkpoint", str(tmp_path / "r"), "--image", str(tmp_path / "i.png")]
+    args += ["--mask", str(tmp_path / "m.png"), "--nfe", "2", "--n", "2"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert np.load(tmp_path / "out" / "inpainted.npz")["images"].shape == (2, 8, 8, 3)
+    assert main([*args, "--labels", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "unconditional" in capsys.readouterr().err

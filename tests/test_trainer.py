@@ -98,9 +98,13 @@ def test_batch_larger_than_dataset_is_an_error(tiny_config):
         Trainer(tiny_config)
 
 
-def test_two_process_ddp_matches_one_process(tmp_path):
-    """torchrun with 2 gloo ranks and batch 16 each equals one process with batch 32 (label dropout off)."""
-    common = [*TINY, "model.class_dropout=0.0", "train.steps=3"]
+@pytest.mark.parametrize(
+    "task", [[], ["task.kind=inpaint"], ["task.kind=semantic"]], ids=["class", "inpaint", "semantic"]
+)
+def test_two_process_ddp_matches_one_process(task, tmp_path):
+    """torchrun with 2 gloo ranks and batch 16 each equals one process with batch 32 (label dropout off); the
+    inpainting masks of each sample are the same whichever rank draws them."""
+    common = [*TINY, *task, "model.class_dropout=0.0", "train.steps=3"]
     Trainer(load_config(None, [*common, f"train.out_dir={tmp_path / 'one'}"])).run()
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
