@@ -366,7 +366,7 @@ def cmd_search_schedule(args: argparse.Namespace) -> None:
     from latentfm.sampling import search_schedule
 
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
-    velocity, x0 = pipe.velocity(pipe.cycled_labels(args.n), args.cfg), pipe.source(args.n, args.seed)
+    velocity, x0 = pipe.velocity(pipe.cycled_labels(args.n), args.cfg, n=args.n), pipe.source(args.n, args.seed)
     start = time.perf_counter()
     schedule = search_schedule(velocity, x0, nfe=args.nfe, iterations=args.iterations, progress=True)
     schedule.info.update(checkpoint=str(args.checkpoint), cfg=args.cfg, seed=args.seed)

@@ -73,7 +73,8 @@ def write_samples(out: Path, images: torch.Tensor, labels: torch.Tensor | None, 
     write_bytes_atomic(out / "samples.npz", buffer.getvalue())
 
 
-def _open(path: str | Path, what: str) -> Image.Image:
+def open_image(path: str | Path, what: str = "image") -> Image.Image:
+    """A loaded Pillow image, or one line naming the file (``what`` says what it was meant to be)."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -82,9 +83,16 @@ def _open(path: str | Path, what: str) -> Image.Image:
         raise LatentFMError(f"cannot read {what} {path} ({err}): give a PNG") from err
 
 
+def square_resize(img: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """Centre-crop the longer side to a square, then resize to ``size`` x ``size`` (bicubic; nearest for maps)."""
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), resample)
+
+
 def read_image(path: str | Path, channels: int) -> torch.Tensor:
     """One image file as float ``[channels, H, W]`` in [-1, 1] (converted to grey or RGB as a model needs)."""
-    array = np.array(_open(path, "image").convert(PIL_MODES[channels]), dtype=np.uint8)
+    array = np.array(open_image(path, "image").convert(PIL_MODES[channels]), dtype=np.uint8)
     return from_uint8(torch.from_numpy(array.reshape(*array.shape[:2], channels)).permute(2, 0, 1))
 
 
@@ -99,7 +107,7 @@ def read_mask(path: str | Path) -> torch.Tensor:
         >>> read_mask(path).tolist()
         [[[0.0, 1.0]]]
     """
-    array = np.asarray(_open(path, "mask").convert("L"), dtype=np.uint8)
+    array = np.asarray(open_image(path, "mask").convert("L"), dtype=np.uint8)
     if not np.isin(array, (0, 255)).all():
         raise LatentFMError(f"mask {path} has grey pixels: use pure black (0, keep) and white (255, generate)")
     return torch.from_numpy(array == 255).float()[None]

@@ -113,10 +113,10 @@ class FlowPipeline:
         inputs: Inputs | None = None,
         n: int | None = None,
     ) -> GuidedVelocity:
-        """The guided ``velocity(x, t)`` of the model for a batch of ``n`` samples (default: one per label) with
-        ``labels`` and the task's ``inputs`` (see ``GuidedVelocity``; the task says what guidance drops)."""
-        if n is None:
-            n = len(labels) if labels is not None else len(next(iter(inputs.values()))) if inputs else 0
+        """The guided ``velocity(x, t)`` of the model for a batch of ``n`` samples (default: one per label or
+        input) with ``labels`` and the task's ``inputs`` (see ``GuidedVelocity``; the task says what guidance
+        drops)."""
+        n = n if n is not None else _batch_size(labels, inputs)
         labels = None if labels is None else labels.to(self.device)
         inputs = None if inputs is None else {name: value.to(self.device) for name, value in inputs.items()}
         shape = (n, *(self.image_shape or ()))
@@ -194,10 +194,10 @@ class FlowPipeline:
         """Images in [-1, 1] (NCHW, CPU): ``latents(..., decode=True)``, with the same arguments; a semantic
         model follows ``semantic``, class-id maps ``[N, 1, H, W]`` (or ``[N, H, W]``), one per sample."""
         if semantic is not None:
-            kwargs["inputs"] = {
-                **kwargs.get("inputs", {}),
-                "map": semantic.view(len(semantic), 1, *semantic.shape[-2:]),
-            }
+            if semantic.ndim not in (3, 4) or (semantic.ndim == 4 and semantic.shape[1] != 1):
+                raise LatentFMError(f"semantic maps of shape {tuple(semantic.shape)}: give [N, H, W] or [N, 1, H, W]")
+            maps = semantic.reshape(len(semantic), 1, *semantic.shape[-2:])
+            kwargs["inputs"] = {**kwargs.get("inputs", {}), "map": maps}
         return self.latents(*args, **kwargs, decode=True)
 
     def inpaint(
@@ -221,7 +221,7 @@ class FlowPipeline:
         images, masks = images.repeat_interleave(n, 0), masks.repeat_interleave(n, 0)
         inputs = {"image": images, "mask": masks}
         generated, stats = self.generate(labels, n=len(images), inputs=inputs, **kwargs)
-        return masks * generated + (1 - masks) * images, stats
+        return torch.where(masks.bool(), generated, images), stats
 
     def _inpaint_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched float images and masks, refused in one line when their sizes or the mask's values are wrong."""
@@ -244,6 +244,15 @@ class FlowPipeline:
         enabled = self.autocast_dtype is not None
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
             return self.model(x, t, cond).float()
+
+
+def _batch_size(labels: torch.Tensor | None, inputs: Inputs | None) -> int:
+    """The number of samples that ``labels`` or ``inputs`` describe."""
+    if labels is not None:
+        return len(labels)
+    if inputs:
+        return len(next(iter(inputs.values())))
+    raise LatentFMError("give n, the number of samples, when there are neither labels nor inputs")
 
 
 def save_samples(

@@ -317,3 +317,18 @@ def test_inpainting_without_labels_on_an_unlabelled_rgb_folder(tmp_path, capsys)
     assert np.load(tmp_path / "out" / "inpainted.npz")["images"].shape == (2, 8, 8, 3)
     assert main([*args, "--labels", "1", "--out", str(tmp_path / "bad")]) == 2
     assert "unconditional" in capsys.readouterr().err
+
+
+def test_training_evaluation_is_refused_up_front_when_the_task_needs_inputs(tiny_overrides):
+    overrides = [*tiny_overrides, "task.kind=semantic", "eval.every=2"]
+    with pytest.raises(LatentFMError, match="eval.every samples without task inputs, but this model never trained"):
+        Trainer(load_config(None, overrides), make_evaluation=lambda *args: None)
+
+
+def test_unconditional_velocity_needs_a_batch_size_and_maps_need_one_channel(semantic_run):
+    pipe = FlowPipeline.from_checkpoint(semantic_run)
+    assert pipe.velocity(None, n=3)(torch.zeros(3, 1, 8, 8), torch.zeros(3)).shape == (3, 1, 8, 8)
+    with pytest.raises(LatentFMError, match="give n"):
+        pipe.velocity(None)
+    with pytest.raises(LatentFMError, match=r"give \[N, H, W\] or \[N, 1, H, W\]"):
+        pipe.generate(None, n=1, semantic=torch.zeros(1, 2, 8, 8, dtype=torch.long))

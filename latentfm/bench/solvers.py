@@ -150,7 +150,7 @@ def checkpoint_bench(
     from latentfm.pipeline import FlowPipeline
 
     pipe = FlowPipeline.from_checkpoint(checkpoint, device=device)
-    velocity = pipe.velocity(pipe.cycled_labels(samples), cfg)
+    velocity = pipe.velocity(pipe.cycled_labels(samples), cfg, n=samples)
     x0, calibration = pipe.source(samples, seed), pipe.source(samples, seed + 1)
     description = f"{checkpoint}, guidance {cfg}, latents, reference dopri5 1e-6"
     return _bench_part(description, velocity, x0, calibration, 1e-6, nfes, search_nfes, iterations)

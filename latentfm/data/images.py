@@ -26,7 +26,7 @@ from PIL import Image
 from latentfm.config import DataConfig
 from latentfm.data.maps import load_maps
 from latentfm.errors import LatentFMError
-from latentfm.image_io import PIL_MODES, from_uint8
+from latentfm.image_io import PIL_MODES, from_uint8, square_resize
 
 KINDS = ("digits", "idx", "folder", "npz")
 SPLITS = ("train", "test", "all")
@@ -304,7 +304,7 @@ def _read_image(file: Path, mode: str, image_size: int | None, skip_corrupt: boo
             return None
         raise LatentFMError(f"cannot read image {file} ({err}): remove it or set data.skip_corrupt=true") from err
     if image_size is not None:
-        img = _square_resize(img, image_size)
+        img = square_resize(img, image_size)
     array = np.asarray(img, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
 
@@ -321,20 +321,13 @@ def _stack_same_size(arrays: list[np.ndarray], files: list[tuple[Path, int]]) ->
     return np.stack(arrays)
 
 
-def _square_resize(img: Image.Image, size: int) -> Image.Image:
-    """Centre-crop the longer side to a square, then resize to ``size`` x ``size`` (bicubic)."""
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-
-
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize uint8 NCHW images (1 or 3 channels) to square ``size`` with Pillow; a no-op if already so."""
     if images.shape[-2:] == (size, size):
         return images
     grey = images.shape[1] == 1
     hwc = images.permute(0, 2, 3, 1).numpy()
-    out = [np.asarray(_square_resize(Image.fromarray(a[:, :, 0] if grey else a), size)) for a in hwc]
+    out = [np.asarray(square_resize(Image.fromarray(a[:, :, 0] if grey else a), size)) for a in hwc]
     resized = torch.from_numpy(np.stack(out))
     return resized[:, None] if grey else resized.permute(0, 3, 1, 2).contiguous()
 

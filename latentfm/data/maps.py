@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from latentfm.errors import LatentFMError
+from latentfm.image_io import open_image, square_resize
 
 MAP_MODES = ("L", "P")
 
@@ -25,17 +26,11 @@ def read_map(file: str | Path, image_size: int | None = None) -> np.ndarray:
         >>> read_map(path).tolist(), read_map(path, 4).shape
         ([[0, 1], [2, 2]], (4, 4))
     """
-    try:
-        with Image.open(file) as img:
-            img.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise LatentFMError(f"cannot read map {file} ({err}): give a PNG of class ids") from err
+    img = open_image(file, "map")
     if img.mode not in MAP_MODES:
         raise LatentFMError(f"map {file} has mode {img.mode}: save class ids as an 8-bit grey (L) or palette (P) PNG")
     if image_size is not None and img.size != (image_size, image_size):
-        side = min(img.size)
-        left, top = (img.width - side) // 2, (img.height - side) // 2
-        img = img.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.Resampling.NEAREST)
+        img = square_resize(img, image_size, Image.Resampling.NEAREST)
     return np.array(img, dtype=np.uint8)
 
 

@@ -50,9 +50,13 @@ def minibatch_ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
 
 
 def _within_classes(x0: torch.Tensor, x1: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """OT pairing solved separately among the rows of each label (rows keep their positions' class)."""
+    """OT pairing solved separately among the rows of each label (rows keep their positions' class); rows that
+    are all alone in their group (a condition per sample) keep their source as drawn."""
+    groups = torch.unique(labels)
+    if len(groups) == len(labels):
+        return x0
     perm = torch.arange(len(x0), device=x0.device)
-    for label in torch.unique(labels):
+    for label in groups:
         rows = (labels == label).nonzero().flatten()
         perm[rows] = rows[ot_permutation(x0[rows], x1[rows])]
     return x0[perm]

@@ -31,7 +31,8 @@ def concat_input(
     concat = cond.concat if encoder is None else encoder(cond.concat.to(x.dtype))
     expected = (x.shape[0], channels, *x.shape[2:])
     if tuple(concat.shape) != expected:
-        raise LatentFMError(f"{model}: cond.concat has shape {tuple(concat.shape)}, expected {expected}")
+        encoded = "" if encoder is None else " after the condition encoder"
+        raise LatentFMError(f"{model}: cond.concat{encoded} has shape {tuple(concat.shape)}, expected {expected}")
     return concat
 
 

@@ -74,7 +74,7 @@ class InpaintTask:
         if not inputs:
             if self.masks.everything_probability == 0:
                 raise LatentFMError("this inpainting model never trained without an image: give an image and a mask")
-            n, channels, height, width = image_shape
+            n, _, height, width = image_shape
             inputs = {"image": torch.zeros(image_shape), "mask": torch.ones(n, 1, height, width)}
         return self.condition(labels, inputs["image"], inputs["mask"], encode)
 

@@ -63,6 +63,8 @@ class SemanticTask:
             classes = len(bands) + 1
         elif classes < 2:
             raise LatentFMError(f"task.map_classes={classes}: maps from data need the number of classes (>= 2)")
+        if channels < 1:
+            raise LatentFMError(f"task.map_channels={channels}: the rescaler needs at least 1 output channel")
         if not 0.0 <= dropout < 1.0:
             raise LatentFMError(f"task.map_dropout={dropout} must lie in [0, 1)")
         self.source, self.bands, self.classes, self.channels, self.dropout = source, bands, classes, channels, dropout

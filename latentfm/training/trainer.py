@@ -80,8 +80,17 @@ class Trainer(TrainingLoop):
         if config.eval.every and make_evaluation is None:
             raise LatentFMError("eval.every is set but no evaluator was given (`latentfm train` builds it)")
         image_shape = tuple(self.latents.image_shape)
+        if config.eval.every:
+            self._check_samples_without_inputs(image_shape)
         self.evaluation = None if make_evaluation is None else make_evaluation(image_shape, self.device)
         self.eval_every = config.eval.every if self.evaluation is not None else 0
+
+    def _check_samples_without_inputs(self, image_shape: tuple[int, ...]) -> None:
+        """Refuse before training when ``eval.every`` would ask the task for samples it never learned to make."""
+        try:
+            self.task.sampling_condition(None, None, self.encode, (1, *image_shape))
+        except LatentFMError as error:
+            raise LatentFMError(f"eval.every samples without task inputs, but {error}; or set eval.every=0") from None
 
     def evaluate(self) -> dict[str, Any]:
         """FD (and class accuracy) of EMA samples drawn with the recipe's sampler (the ``sample`` section)."""
@@ -167,7 +176,7 @@ class Trainer(TrainingLoop):
             images=images,
             maps=maps,
             rows=torch.tensor(list(rows), device=self.device),
-            seeds=[derive_seed(seed, TASK, step, row) for row in rows],
+            seeds=[derive_seed(seed, TASK, step, row) for row in rows] if self.task.needs_images else None,
         )
 
     def train_step(self) -> dict[str, torch.Tensor]:
