@@ -132,13 +132,16 @@ class OptimConfig:
 @dataclass
 class TaskConfig:
     """What the model generates from (``latentfm.tasks``): ``class`` (a label or none), ``inpaint`` (a masked
-    image, and a label or none) or ``semantic`` (a map of class ids, and a label or none).
+    image, and a label or none), ``semantic`` (a map of class ids, and a label or none) or ``upsample`` (a
+    low-resolution image or latent).
 
     ``mask_*`` set the inpaint task's training masks (``latentfm.data.masks.MaskSettings``). ``map_source`` is
     where the semantic task's maps come from: ``intensity`` derives them from each image (class i: grey levels
     from ``map_bands[i-1]`` up to ``map_bands[i]``, in 8-bit steps), ``data`` reads ``data.maps_path`` (PNGs of
     ``map_classes`` class ids). ``map_channels`` is the width of the learned rescaler's output, ``map_dropout``
-    the probability of training on the empty map (for guidance on the map).
+    the probability of training on the empty map (for guidance on the map). ``upsample_*`` set the upsample task
+    (``latentfm.tasks.upsample``): factor 2 or 4, how the low-resolution input is made and brought back up, how
+    the source is noised, and whether labels are used.
     """
 
     kind: str = "class"
@@ -151,6 +154,13 @@ class TaskConfig:
     map_classes: int = 0
     map_channels: int = 8
     map_dropout: float = 0.0
+    upsample_factor: int = 2
+    upsample_mode: str = "bilinear"
+    upsample_low_source: str = "image"
+    upsample_noise: str = "diffusion"
+    upsample_diffusion_step: int = 400
+    upsample_sigma: float = 0.1
+    upsample_labels: bool = False
 
 
 @dataclass

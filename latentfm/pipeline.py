@@ -177,7 +177,7 @@ class FlowPipeline:
             batch_labels = None if labels is None else labels[start:stop]
             batch_inputs = None if inputs is None else {name: value[start:stop] for name, value in inputs.items()}
             velocity = self.velocity(batch_labels, settings.cfg, settings.guidance_interval, batch_inputs, stop - start)
-            x0 = self.source(stop - start, seed, first_index + start)
+            x0 = self.task.source(velocity.cond, self.source(stop - start, seed, first_index + start))
             z, stats = sample(velocity, x0, settings=settings)
             parts.append(self.decode(z.float(), batch_size) if decode else z.float())
         return torch.cat(parts), stats

@@ -3,6 +3,7 @@ point on the path with its target velocity (as torchcfm's ``sample_location_and_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,12 +54,16 @@ class FlowObjective:
         labels: torch.Tensor | None = None,
         global_size: int | None = None,
         part: slice = slice(None),
+        source: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> FlowSample:
         """This rank's ``FlowSample`` for its data ``x1`` (and ``labels``), a ``part`` of a global batch of
-        ``global_size`` rows (default: ``len(x1)``, a single process)."""
+        ``global_size`` rows (default: ``len(x1)``, a single process). ``source`` turns this rank's paired
+        Gaussian rows into the flow's source (a task's, e.g. a noised low-resolution latent)."""
         size = global_size or len(x1)
         x0_all = torch.randn((size, *x1.shape[1:]), generator=generator, device=x1.device)
         t = self.t_sampler(size, generator, x1.device)[part]
         x0 = self.coupling(x0_all, x1, labels, part)
+        if source is not None:
+            x0 = source(x0)
         x_t, u_t = self.path.sample(x0, x1, t)
         return FlowSample(x_t=x_t, t=t, u_t=u_t, x0=x0, x1=x1)

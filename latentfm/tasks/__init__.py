@@ -13,8 +13,9 @@ from latentfm.tasks.base import Encode, Inputs, Task, TrainingBatch
 from latentfm.tasks.classes import ClassTask
 from latentfm.tasks.inpaint import InpaintTask
 from latentfm.tasks.semantic import SemanticTask, intensity_maps
+from latentfm.tasks.upsample import UpsampleTask
 
-TASKS = ("class", "inpaint", "semantic")
+TASKS = ("class", "inpaint", "semantic", "upsample")
 
 
 def build_task(config: TaskConfig | None = None) -> Task:
@@ -39,6 +40,16 @@ def build_task(config: TaskConfig | None = None) -> Task:
         return SemanticTask(
             config.map_source, config.map_bands, config.map_classes, config.map_channels, config.map_dropout
         )
+    if config.kind == "upsample":
+        return UpsampleTask(
+            config.upsample_factor,
+            config.upsample_mode,
+            config.upsample_low_source,
+            config.upsample_noise,
+            config.upsample_diffusion_step,
+            config.upsample_sigma,
+            config.upsample_labels,
+        )
     raise LatentFMError(f"task.kind={config.kind!r} is unknown; use one of {', '.join(TASKS)}")
 
 
@@ -51,6 +62,7 @@ __all__ = [
     "SemanticTask",
     "Task",
     "TrainingBatch",
+    "UpsampleTask",
     "build_task",
     "intensity_maps",
 ]

@@ -46,6 +46,7 @@ class Task(Protocol):
 
     kind: str
     needs_images: bool  # training needs the images themselves, not only their latents
+    uses_labels: bool  # the model gets the data's class labels
 
     def model_inputs(self, latent_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> dict[str, Any]:
         """``build_model`` keywords for the task's condition: ``concat_channels`` and a ``concat_encoder``."""
@@ -60,6 +61,10 @@ class Task(Protocol):
     ) -> Condition:
         """The condition of a batch of samples a user asks for: ``labels`` and the task's ``inputs`` (None: the
         task's unconditional inputs, where it was trained for them). ``image_shape`` is the batch's [N, C, H, W]."""
+        ...
+
+    def source(self, cond: Condition, noise: torch.Tensor) -> torch.Tensor:
+        """The flow's source x0 for a batch with condition ``cond``, from standard normal ``noise``."""
         ...
 
     def unconditional(self, cond: Condition, null_label: int) -> Condition | None:

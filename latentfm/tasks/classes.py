@@ -24,6 +24,7 @@ class ClassTask:
 
     kind = "class"
     needs_images = False
+    uses_labels = True
 
     def model_inputs(self, latent_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> dict[str, Any]:
         """No condition channels."""
@@ -39,6 +40,10 @@ class ClassTask:
         """The requested labels (None: unconditional)."""
         check_input_names(self.kind, inputs, set())
         return Condition(labels=labels)
+
+    def source(self, cond: Condition, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise."""
+        return noise
 
     def unconditional(self, cond: Condition, null_label: int) -> Condition | None:
         """The null label."""

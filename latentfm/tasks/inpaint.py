@@ -36,6 +36,7 @@ class InpaintTask:
 
     kind = "inpaint"
     needs_images = True
+    uses_labels = True
 
     def __init__(self, masks: MaskSettings):
         self.masks = masks
@@ -77,6 +78,10 @@ class InpaintTask:
             n, _, height, width = image_shape
             inputs = {"image": torch.zeros(image_shape), "mask": torch.ones(n, 1, height, width)}
         return self.condition(labels, inputs["image"], inputs["mask"], encode)
+
+    def source(self, cond: Condition, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise."""
+        return noise
 
     def unconditional(self, cond: Condition, null_label: int) -> Condition | None:
         """The null label with the same image and mask."""

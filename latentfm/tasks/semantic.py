@@ -50,6 +50,7 @@ class SemanticTask:
 
     kind = "semantic"
     needs_images = True
+    uses_labels = True
 
     def __init__(
         self, source: str, bands: list[int] | None = None, classes: int = 0, channels: int = 8, dropout: float = 0.0
@@ -102,6 +103,10 @@ class SemanticTask:
         if tuple(maps.shape[-2:]) != (height, width):
             raise LatentFMError(f"a map is {maps.shape[-1]}x{maps.shape[-2]}, the model makes {width}x{height} images")
         return Condition(labels=labels, concat=one_hot_maps(maps.view(-1, 1, height, width), self.classes))
+
+    def source(self, cond: Condition, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise."""
+        return noise
 
     def unconditional(self, cond: Condition, null_label: int) -> Condition | None:
         """The null label, and the empty map when the model trained with map dropout."""

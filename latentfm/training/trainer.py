@@ -68,8 +68,9 @@ class Trainer(TrainingLoop):
         self.latent_shape = tuple(self.latents.batch(torch.arange(1), device=self.device)[0].shape[1:])
         torch.manual_seed(derive_seed(train.seed, INIT))
         condition_inputs = self.task.model_inputs(self.latent_shape, tuple(self.latents.image_shape))
+        self.num_classes = self.latents.num_classes if self.task.uses_labels else 0
         self.model = build_model(
-            config.model, self.latent_shape[0], self.latent_shape[1], self.latents.num_classes, **condition_inputs
+            config.model, self.latent_shape[0], self.latent_shape[1], self.num_classes, **condition_inputs
         )
         self.model.to(self.device)
         self.ema = EMA(self.model, train.ema_decay, train.ema_warmup)
@@ -138,7 +139,7 @@ class Trainer(TrainingLoop):
             "data": ckpt.DataShapes(
                 image_shape=list(self.latents.image_shape),
                 latent_shape=list(self.latent_shape),
-                num_classes=self.latents.num_classes,
+                num_classes=self.num_classes,
                 class_names=self.latents.class_names,
             ),
             "autoencoder": self.autoencoder_identity,
@@ -184,8 +185,9 @@ class Trainer(TrainingLoop):
         batch, part = self.training_batch(self.step), self.rank_slice()
         noise = generator(self.device, self.config.train.seed, NOISE, self.step)
         groups = self.task.coupling_groups(batch)
-        flow = self.objective(batch.x1, noise, groups, self.config.train.batch_size, part)
         cond = self.task.training_condition(batch, self.encode)
+        source = lambda x0: self.task.source(cond, x0)  # noqa: E731
+        flow = self.objective(batch.x1, noise, groups, self.config.train.batch_size, part, source)
         torch.manual_seed(derive_seed(self.config.train.seed, MODEL, self.step, self.dist.rank))
         with self.autocast():
             predicted = self.train_model(flow.x_t, flow.t, cond)
@@ -204,7 +206,7 @@ class Trainer(TrainingLoop):
             autoencoder=self.autoencoder,
             latent_norm=self.latent_norm,
             latent_shape=self.latent_shape,
-            num_classes=self.latents.num_classes,
+            num_classes=self.num_classes,
             image_shape=tuple(self.latents.image_shape),
             class_names=self.latents.class_names,
             autocast_dtype=self.autocast_dtype,
@@ -216,14 +218,14 @@ class Trainer(TrainingLoop):
         """A grid of EMA samples to ``RUN/samples/step_XXXXXXXX.png``: one row per class, or, for a task that
         takes inputs, samples for the first training images' inputs (their masks, their maps)."""
         s = self.config.sample
-        classes = max(1, self.latents.num_classes)
-        labels = torch.arange(classes).repeat_interleave(s.per_class) if self.latents.num_classes else None
-        inputs = None
-        n = classes * s.per_class
-        if self.task.needs_images:
-            n = min(n, len(self.latents))
-            preview = self._batch(0, torch.arange(n), None, range(n))  # step 0's masks for the first images
-            inputs, labels = self.task.preview_inputs(preview), preview.labels
+        classes = max(1, self.num_classes)
+        n = min(classes * s.per_class, len(self.latents))
+        preview = self._batch(0, torch.arange(n), None, range(n))  # step 0's task draws for the first images
+        inputs = self.task.preview_inputs(preview)
+        labels = preview.labels if self.num_classes else None
+        if inputs is None:
+            labels = torch.arange(classes).repeat_interleave(s.per_class) if self.num_classes else None
+            n = classes * s.per_class
         images, _ = self.pipeline().generate(
             labels, n=n, seed=self.config.train.seed, settings=self.sampler, inputs=inputs
         )
