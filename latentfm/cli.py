@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from latentfm.errors import LatentFMError
@@ -19,7 +20,8 @@ from latentfm.sampling.settings import DEFAULT_NFE, GIVEN_FIELDS, interval_text
 
 if TYPE_CHECKING:
     from latentfm.config import DataConfig
-    from latentfm.sampling import SamplerSettings
+    from latentfm.pipeline import Latents
+    from latentfm.sampling import SamplerSettings, SampleStats
 
 DESCRIPTION = (
     "Train flow-matching image models in an autoencoder's latent space (or on pixels), sample them fast and "
@@ -126,7 +128,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     """Generate images from a checkpoint into OUT/samples.png, OUT/samples.npz and OUT/stats.json."""
-    from latentfm.pipeline import FlowPipeline, save_samples
+    from latentfm.pipeline import FlowPipeline, Latents, save_samples
 
     if args.n < 1:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
@@ -142,19 +144,32 @@ def cmd_sample(args: argparse.Namespace) -> None:
         labels = _parse_labels(args.labels, pipe.num_classes)
         label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
         maps, total, columns = None, args.n, args.n if labels else 16
+    inputs = None if maps is None else {"map": maps}
     start = time.perf_counter()
-    images, stats = pipe.generate(
+    latents, stats = pipe.latents(
         label_tensor,
         n=total,
         seed=args.seed,
         settings=settings,
         batch_size=args.batch_size,
         progress=True,
-        semantic=maps,
+        inputs=inputs,
     )
+    stages = [_stage(args.checkpoint, stats, time.perf_counter() - start)]
+    low, last = Latents(latents, pipe.latent_norm, pipe.autoencoder_identity or {}), pipe
+    for checkpoint in args.upsample or []:
+        stage_start, last = time.perf_counter(), FlowPipeline.from_checkpoint(checkpoint, device=pipe.device)
+        values, stage_stats = last.upsample(low, seed=args.seed, batch_size=args.batch_size, decode=False)
+        low = Latents(values, last.latent_norm, last.autoencoder_identity or {})
+        stages.append(_stage(checkpoint, stage_stats, time.perf_counter() - stage_start))
+    images = last.decode(low.values, args.batch_size)
     seconds = time.perf_counter() - start
     out = Path(args.out)
+    if args.latents:
+        low.save(out / "latents.npz")
     run.update(cfg=settings.cfg, guidance_interval=interval_text(settings.guidance_interval))
+    if args.upsample:
+        run["stages"] = stages
     save_samples(out, images, label_tensor, stats, {**run, "seconds": round(seconds, 3)}, columns)
     print(f"wrote {len(images)} samples ({stats.nfe} NFE, {seconds:.1f}s) to {out}/samples.png and samples.npz")
 
@@ -232,6 +247,61 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
         f"wrote {len(completions)} completions ({stats.nfe} NFE, {seconds:.1f}s) to {args.out}/inpainted.png "
         "and inpainted.npz"
     )
+
+
+def _stage(checkpoint: str, stats: SampleStats, seconds: float) -> dict[str, object]:
+    """One stage of a cascade as ``stats.json`` lists it."""
+    return {"checkpoint": str(checkpoint), "solver": stats.solver, "nfe": stats.nfe, "seconds": round(seconds, 3)}
+
+
+def _low_resolution_inputs(path: str, channels: int) -> torch.Tensor | Latents:
+    """``--input``: a folder of PNGs (sorted by name, read in the model's channel mode), a ``samples.npz`` of
+    uint8 images, or a ``latents.npz`` of ``latentfm sample --latents``."""
+    from latentfm.image_io import from_uint8, read_image
+    from latentfm.pipeline import Latents
+
+    source = Path(path)
+    if source.is_dir():
+        files = sorted(f for f in source.iterdir() if f.suffix.lower() == ".png")
+        if not files:
+            raise LatentFMError(f"--input {source} holds no PNG files")
+        return torch.stack([read_image(file, channels) for file in files])
+    if source.suffix != ".npz" or not source.is_file():
+        raise LatentFMError(f"--input {source}: give a folder of PNGs, a samples.npz or a latents.npz")
+    with np.load(source) as data:
+        names = set(data.files)
+    if "latents" in names:
+        return Latents.load(source)
+    if "images" not in names:
+        raise LatentFMError(f"--input {source} holds neither images nor latents")
+    with np.load(source) as data:
+        images = torch.from_numpy(data["images"])
+    images = images[..., None] if images.ndim == 3 else images
+    if images.ndim != 4 or images.shape[-1] != channels or images.dtype != torch.uint8:
+        raise LatentFMError(f"--input {source}: images must be uint8 N×H×W (grey) or N×H×W×3, {channels} channels here")
+    return from_uint8(images.permute(0, 3, 1, 2))
+
+
+def cmd_upsample(args: argparse.Namespace) -> None:
+    """Up-sample low-resolution images (or latents) with a checkpoint trained with task.kind=upsample: one output
+    per input, in input order, to OUT/upsampled.npz (the layout of samples.npz), OUT/upsampled.png (inputs over
+    outputs) and OUT/stats.json. The same seed gives the same images."""
+    from latentfm.pipeline import FlowPipeline, save_upsampled
+
+    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    low = _low_resolution_inputs(args.input, pipe.image_shape[0])
+    settings = _sampler_settings(args, pipe.sampler)
+    start = time.perf_counter()
+    images, stats = pipe.upsample(low, seed=args.seed, settings=settings, batch_size=args.batch_size, progress=True)
+    seconds = time.perf_counter() - start
+    run = {
+        "checkpoint": str(args.checkpoint),
+        "input": str(args.input),
+        "seed": args.seed,
+        "seconds": round(seconds, 3),
+    }
+    save_upsampled(Path(args.out), low, images, stats, run, pipe)
+    print(f"wrote {len(images)} images ({stats.nfe} NFE, {seconds:.1f}s) to {args.out}/upsampled.png and upsampled.npz")
 
 
 def _map_files(path: str) -> list[Path]:
@@ -470,9 +540,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels then cycle over each map's samples (default: none)",
     )
     _add_sampler_arguments(sample)
+    sample.add_argument(
+        "--latents", action="store_true", help="also write OUT/latents.npz (normalised latents, for `upsample`)"
+    )
+    sample.add_argument(
+        "--upsample",
+        action="append",
+        metavar="CHECKPOINT",
+        help="boost the samples with an upsample checkpoint (repeatable: a cascade, latents never decoded between)",
+    )
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sample.add_argument("--out", required=True, help="output directory")
     sample.set_defaults(run=cmd_sample)
+
+    upsample = commands.add_parser(
+        "upsample", help="up-sample images or latents with an upsample checkpoint", description=cmd_upsample.__doc__
+    )
+    upsample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    upsample.add_argument("--input", required=True, help="folder of low-resolution PNGs, samples.npz or latents.npz")
+    _add_sampler_arguments(upsample)
+    upsample.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    upsample.add_argument("--out", required=True, help="output directory")
+    upsample.set_defaults(run=cmd_upsample)
 
     inpaint = commands.add_parser(
         "inpaint", help="complete masked images with an inpainting checkpoint", description=cmd_inpaint.__doc__

@@ -40,6 +40,35 @@ def _check_autoencoder(autoencoder: Autoencoder, kind: str, trained_with: dict |
 
 
 @dataclass
+class Latents:
+    """Normalised latents that travel between pipelines (a cascade) or files (``latents.npz``) without decoding:
+    the values, their normalisation and the identity of the autoencoder that made them."""
+
+    values: torch.Tensor
+    latent_norm: LatentNorm
+    autoencoder: dict[str, Any]
+
+    def save(self, path: Path) -> None:
+        """Write ``latents.npz`` (``latents`` float32, ``shift``, ``scale``, the autoencoder's identity), atomically."""
+        buffer = io.BytesIO()
+        norm = {"shift": np.array(self.latent_norm.shift), "scale": np.array(self.latent_norm.scale)}
+        identity = np.array(json.dumps(self.autoencoder, sort_keys=True))
+        np.savez_compressed(buffer, latents=self.values.float().cpu().numpy(), **norm, autoencoder=identity)
+        write_bytes_atomic(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> Latents:
+        """Read a ``latents.npz``; anything else is one line naming the file."""
+        try:
+            with np.load(path) as data:
+                values, shift, scale = (data[key] for key in ("latents", "shift", "scale"))
+                identity = json.loads(str(data["autoencoder"]))
+        except (OSError, KeyError, ValueError) as err:
+            raise LatentFMError(f"{path} is not a latents.npz of `latentfm sample --latents` ({err})") from None
+        return cls(torch.from_numpy(values), LatentNorm(shift.tolist(), scale.tolist()), identity)
+
+
+@dataclass
 class FlowPipeline:
     """Everything needed to turn labels and a seed into images in [-1, 1].
 
@@ -61,6 +90,7 @@ class FlowPipeline:
     autocast_dtype: torch.dtype | None = None
     task: Task = field(default_factory=build_task)
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    autoencoder_identity: dict[str, Any] | None = None  # of the weights the model was trained with
 
     @property
     def device(self) -> torch.device:
@@ -95,6 +125,7 @@ class FlowPipeline:
             class_names=data.class_names,
             task=task,
             sampler=settings_from_section(config.sample),
+            autoencoder_identity=state.autoencoder,
         )
 
     def _check_labels(self, labels: torch.Tensor | None) -> None:
@@ -223,6 +254,29 @@ class FlowPipeline:
         generated, stats = self.generate(labels, n=len(images), inputs=inputs, **kwargs)
         return torch.where(masks.bool(), generated, images), stats
 
+    def upsample(self, low: torch.Tensor | Latents, **kwargs: Any) -> tuple[torch.Tensor, SampleStats]:
+        """One output at the model's resolution per low-resolution input, in input order: ``low`` is images
+        ``[N, C, H / f, W / f]`` in [-1, 1], or ``Latents`` of another pipeline with the same autoencoder (a
+        cascade, never decoded in between; another autoencoder is refused). Returns images in [-1, 1] on the
+        CPU (with ``decode=False``, normalised latents) and the stats; other keywords are those of ``latents``."""
+        if isinstance(low, Latents):
+            inputs = {"low_latent": self.latent_norm.normalize(low.latent_norm.denormalize(self._own_latents(low)))}
+        else:
+            inputs = {"low": low.float()}
+        decode = kwargs.pop("decode", True)
+        return self.latents(None, n=len(next(iter(inputs.values()))), inputs=inputs, decode=decode, **kwargs)
+
+    def _own_latents(self, low: Latents) -> torch.Tensor:
+        """``low``'s values, refused in one line unless this model's autoencoder made them."""
+        mine = self.autoencoder_identity or {}
+        difference = first_difference(mine, low.autoencoder, keys=["kind", "weights_sha256"])
+        if difference is not None:
+            raise LatentFMError(
+                f"the latents come from another autoencoder ({difference.key} {str(difference.new)[:12]}, this "
+                f"model's is {str(difference.old)[:12]}): up-sample images instead, or latents of its own autoencoder"
+            )
+        return low.values
+
     def _inpaint_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched float images and masks, refused in one line when their sizes or the mask's values are wrong."""
         images = (image[None] if image.ndim == 3 else image).float().cpu()
@@ -244,6 +298,37 @@ class FlowPipeline:
         enabled = self.autocast_dtype is not None
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
             return self.model(x, t, cond).float()
+
+
+def save_upsampled(
+    out: Path,
+    low: torch.Tensor | Latents,
+    images: torch.Tensor,
+    stats: SampleStats,
+    run: dict[str, Any],
+    pipe: FlowPipeline,
+) -> None:
+    """``OUT/upsampled.npz`` (``images`` uint8 as in ``samples.npz``), ``OUT/upsampled.png`` (rows of up to 16
+    inputs, enlarged by nearest neighbours, over their outputs) and ``OUT/stats.json``, each written atomically."""
+    if isinstance(low, Latents):
+        low = pipe.autoencoder.decode(low.latent_norm.denormalize(low.values.to(pipe.device))).float().cpu()
+    enlarged = torch.nn.functional.interpolate(low.float(), size=images.shape[-2:], mode="nearest")
+    columns = min(16, len(images))
+    blank = torch.full((columns - 1, *images.shape[1:]), -1.0)  # pads the last row of inputs and of outputs
+
+    def row(tiles: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tiles, blank])[:columns]
+
+    rows = [
+        torch.cat([row(enlarged[i : i + columns]), row(images[i : i + columns])])
+        for i in range(0, len(images), columns)
+    ]
+    save_grid(torch.cat(rows), out / "upsampled.png", columns=columns)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=to_uint8(images), labels=np.full(len(images), -1, dtype=np.int64))
+    write_bytes_atomic(out / "upsampled.npz", buffer.getvalue())
+    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times}
+    write_bytes_atomic(out / "stats.json", json.dumps({**report, "images": len(images)}, indent=1).encode())
 
 
 def _batch_size(labels: torch.Tensor | None, inputs: Inputs | None) -> int:

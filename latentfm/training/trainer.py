@@ -212,6 +212,7 @@ class Trainer(TrainingLoop):
             autocast_dtype=self.autocast_dtype,
             task=self.task,
             sampler=self.sampler,
+            autoencoder_identity=self.autoencoder_identity,
         )
 
     def save_samples(self) -> Path:
