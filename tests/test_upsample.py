@@ -1,0 +1,116 @@
+"""The upsample task: its source and condition, training, the upsample command and cascades."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latentfm.cli import main
+from latentfm.condition import Condition
+from latentfm.config import load_config
+from latentfm.errors import LatentFMError
+from latentfm.pipeline import FlowPipeline, Latents
+from latentfm.tasks import TrainingBatch, UpsampleTask
+from latentfm.tasks.upsample import cosine_alpha_bar
+from latentfm.training.trainer import Trainer
+
+from .conftest import TINY
+
+UPSAMPLE = [*TINY, "task.kind=upsample", "train.steps=4", "sample.per_class=1", "sample.solver=euler", "sample.nfe=2"]
+
+
+@pytest.fixture(scope="module")
+def upsample_run(tmp_path_factory):
+    """A tiny 4x4 -> 8x8 digits upsampler (DiT, no labels), with a sample grid."""
+    run = tmp_path_factory.mktemp("upsample") / "run"
+    Trainer(load_config(None, [*UPSAMPLE, "train.sample_every=4", f"train.out_dir={run}"])).run()
+    return run
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A tiny class model of 4x4 digits: the first stage of a cascade."""
+    run = tmp_path_factory.mktemp("base") / "run"
+    overrides = [*TINY, "data.image_size=4", "model.patch_size=1", "train.steps=2", f"train.out_dir={run}"]
+    Trainer(load_config(None, overrides)).run()
+    return run
+
+
+def test_source_is_the_noised_upsampled_input_and_condition_the_clean_one():
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    task = UpsampleTask(factor=2, mode="nearest")
+    cond = task.training_condition(TrainingBatch(images, None, images=images), encode=lambda x: x)
+    low = torch.nn.functional.avg_pool2d(images, 2)
+    assert torch.equal(cond.concat, low.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    noise = torch.randn(3, 1, 8, 8)
+    a = cosine_alpha_bar(400)
+    torch.testing.assert_close(task.source(cond, noise), math.sqrt(a) * cond.concat + math.sqrt(1 - a) * noise)
+    plain = UpsampleTask(noise="sigma", sigma=0.2)
+    torch.testing.assert_close(plain.source(cond, noise), cond.concat + 0.2 * noise)
+    latent_low = UpsampleTask(low_source="latent").training_condition(TrainingBatch(images, None), None)
+    assert latent_low.concat.shape == (3, 1, 8, 8) and latent_low.labels is None
+
+
+def test_bad_upsample_settings_are_one_line():
+    with pytest.raises(LatentFMError, match="upsample_factor=3"):
+        UpsampleTask(factor=3)
+    with pytest.raises(LatentFMError, match="upsample_mode='cubic'"):
+        UpsampleTask(mode="cubic")
+    with pytest.raises(LatentFMError, match="needs task.upsample_low_source=image"):
+        UpsampleTask(mode="pixel", low_source="latent")
+    assert UpsampleTask().unconditional(Condition(concat=torch.zeros(1)), 10) is None
+
+
+def test_an_upsampler_trains_without_labels_and_boosts_images_reproducibly(upsample_run):
+    pipe = FlowPipeline.from_checkpoint(upsample_run)
+    assert pipe.num_classes == 0 and (upsample_run / "samples" / "step_00000004.png").is_file()
+    low = torch.rand(5, 1, 4, 4) * 2 - 1
+    images, stats = pipe.upsample(low, seed=2)
+    again, _ = pipe.upsample(low, seed=2, batch_size=2)
+    assert images.shape == (5, 1, 8, 8) and stats.nfe == 2
+    torch.testing.assert_close(images, again)
+    with pytest.raises(LatentFMError, match="this model up-samples 1x4x4 to 1x8x8"):
+        pipe.upsample(torch.zeros(1, 1, 8, 8))
+
+
+def test_upsample_command_reads_folders_and_sample_files(upsample_run, tmp_path, capsys):
+    (tmp_path / "low").mkdir()
+    for name in ("b.png", "a.png"):
+        Image.fromarray(np.full((4, 4), 40 if name == "a.png" else 200, np.uint8)).save(tmp_path / "low" / name)
+    args = ["upsample", "--checkpoint", str(upsample_run), "--seed", "1"]
+    assert main([*args, "--input", str(tmp_path / "low"), "--out", str(tmp_path / "out")]) == 0
+    out = np.load(tmp_path / "out" / "upsampled.npz")
+    assert out["images"].shape == (2, 8, 8) and out["images"].dtype == np.uint8
+    assert out["images"][0].mean() < out["images"][1].mean()  # a.png (dark) first: sorted file-name order
+    assert (tmp_path / "out" / "upsampled.png").is_file()
+    np.savez(tmp_path / "samples.npz", images=np.full((3, 4, 4), 90, np.uint8), labels=np.zeros(3))
+    assert main([*args, "--input", str(tmp_path / "samples.npz"), "--out", str(tmp_path / "npz")]) == 0
+    assert np.load(tmp_path / "npz" / "upsampled.npz")["images"].shape == (3, 8, 8)
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "low" / "c.png")
+    assert main([*args, "--input", str(tmp_path / "low"), "--out", str(tmp_path / "bad")]) == 2
+    assert "this model up-samples 1x4x4 to 1x8x8" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cascade_and_latents_files(base_run, upsample_run, tmp_path, capsys):
+    args = ["sample", "--checkpoint", str(base_run), "--labels", "0,1", "--n", "2", "--nfe", "2"]
+    assert main([*args, "--latents", "--out", str(tmp_path / "base")]) == 0
+    latents = Latents.load(tmp_path / "base" / "latents.npz")
+    assert latents.values.shape == (4, 1, 4, 4)
+    up = ["upsample", "--checkpoint", str(upsample_run), "--input", str(tmp_path / "base" / "latents.npz")]
+    assert main([*up, "--out", str(tmp_path / "boosted")]) == 0
+    boosted = np.load(tmp_path / "boosted" / "upsampled.npz")["images"]
+    assert main([*args, "--upsample", str(upsample_run), "--out", str(tmp_path / "cascade")]) == 0
+    stats = json.loads((tmp_path / "cascade" / "stats.json").read_text())
+    assert [stage["nfe"] for stage in stats["stages"]] == [2, 2]
+    cascade = np.load(tmp_path / "cascade" / "samples.npz")["images"]
+    assert cascade.shape == (4, 8, 8) and np.array_equal(cascade, boosted)  # the same seed, never decoded between
+    other = Latents(latents.values, latents.latent_norm, {**latents.autoencoder, "weights_sha256": "f" * 64})
+    other.save(tmp_path / "other.npz")
+    assert main([*up[:-1], str(tmp_path / "other.npz"), "--out", str(tmp_path / "refused")]) == 2
+    assert "the latents come from another autoencoder" in capsys.readouterr().err
