@@ -265,7 +265,14 @@ def _low_resolution_inputs(path: str, channels: int) -> torch.Tensor | Latents:
         files = sorted(f for f in source.iterdir() if f.suffix.lower() == ".png")
         if not files:
             raise LatentFMError(f"--input {source} holds no PNG files")
-        return torch.stack([read_image(file, channels) for file in files])
+        images = [read_image(file, channels) for file in files]
+        for file, image in zip(files, images):
+            if image.shape != images[0].shape:
+                raise LatentFMError(
+                    f"--input {source}: {file.name} is {image.shape[2]}x{image.shape[1]}, {files[0].name} is "
+                    f"{images[0].shape[2]}x{images[0].shape[1]}: give low-resolution images of one size"
+                )
+        return torch.stack(images)
     if source.suffix != ".npz" or not source.is_file():
         raise LatentFMError(f"--input {source}: give a folder of PNGs, a samples.npz or a latents.npz")
     with np.load(source) as data:

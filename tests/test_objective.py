@@ -115,5 +115,5 @@ def test_the_class_task_is_the_default_and_unknown_tasks_are_refused():
     labels = torch.tensor([1, 2])
     batch = TrainingBatch(torch.zeros(2, 1, 2, 2), labels)
     assert torch.equal(build_task().training_condition(batch, encode=None).labels, labels)
-    with pytest.raises(LatentFMError, match="task.kind='upsample' is unknown"):
-        build_task(TaskConfig(kind="upsample"))
+    with pytest.raises(LatentFMError, match="task.kind='colorize' is unknown"):
+        build_task(TaskConfig(kind="colorize"))

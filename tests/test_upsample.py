@@ -93,6 +93,10 @@ def test_upsample_command_reads_folders_and_sample_files(upsample_run, tmp_path,
     assert np.load(tmp_path / "npz" / "upsampled.npz")["images"].shape == (3, 8, 8)
     Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "low" / "c.png")
     assert main([*args, "--input", str(tmp_path / "low"), "--out", str(tmp_path / "bad")]) == 2
+    assert "c.png is 6x6, a.png is 4x4: give low-resolution images of one size" in capsys.readouterr().err
+    for name in ("a.png", "b.png"):
+        (tmp_path / "low" / name).unlink()
+    assert main([*args, "--input", str(tmp_path / "low"), "--out", str(tmp_path / "bad")]) == 2
     assert "this model up-samples 1x4x4 to 1x8x8" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 

@@ -68,7 +68,13 @@ class SemanticTask:
             raise LatentFMError(f"task.map_channels={channels}: the rescaler needs at least 1 output channel")
         if not 0.0 <= dropout < 1.0:
             raise LatentFMError(f"task.map_dropout={dropout} must lie in [0, 1)")
-        self.source, self.bands, self.classes, self.channels, self.dropout = source, bands, classes, channels, dropout
+        self.map_source, self.bands, self.classes, self.channels, self.dropout = (
+            source,
+            bands,
+            classes,
+            channels,
+            dropout,
+        )
 
     def model_inputs(self, latent_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> dict[str, Any]:
         """``map_channels`` channels made by a ``MapRescaler`` from image to latent resolution."""
@@ -78,7 +84,7 @@ class SemanticTask:
 
     def maps(self, batch: TrainingBatch) -> torch.Tensor:
         """The batch's class-id maps: derived from its images, or read with them."""
-        if self.source == "intensity":
+        if self.map_source == "intensity":
             return intensity_maps(require_images(self.kind, batch), self.bands)
         if batch.maps is None:
             raise LatentFMError("task.map_source=data needs maps: set data.maps_path to a folder of class-id PNGs")

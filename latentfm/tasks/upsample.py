@@ -31,7 +31,7 @@ def cosine_alpha_bar(step: int, steps: int = 1000, offset: float = 0.008) -> flo
 
     Example:
         >>> round(cosine_alpha_bar(400), 4), cosine_alpha_bar(0)
-        (0.6428, 1.0)
+        (0.6475, 1.0)
     """
 
     def f(s: int) -> float:
