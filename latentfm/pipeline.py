@@ -327,8 +327,13 @@ def save_upsampled(
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=to_uint8(images), labels=np.full(len(images), -1, dtype=np.int64))
     write_bytes_atomic(out / "upsampled.npz", buffer.getvalue())
-    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times}
-    write_bytes_atomic(out / "stats.json", json.dumps({**report, "images": len(images)}, indent=1).encode())
+    _write_stats(out, stats, run, images=len(images))
+
+
+def _write_stats(out: Path, stats: SampleStats, run: dict[str, Any], **counts: int) -> None:
+    """``OUT/stats.json``: the run's record, the sampler's stats and how many images were written."""
+    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times, **counts}
+    write_bytes_atomic(out / "stats.json", json.dumps(report, indent=1).encode())
 
 
 def _batch_size(labels: torch.Tensor | None, inputs: Inputs | None) -> int:
@@ -346,8 +351,7 @@ def save_samples(
     """``OUT/samples.png`` (``columns`` per row), ``OUT/samples.npz`` (uint8 images, labels) and ``OUT/stats.json``
     (``run``: checkpoint, seed, guidance, ... and the sampler's stats), each written atomically."""
     write_samples(out, images, labels, columns=min(columns, len(images)))
-    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times}
-    write_bytes_atomic(out / "stats.json", json.dumps({**report, "samples": len(images)}, indent=1).encode())
+    _write_stats(out, stats, run, samples=len(images))
 
 
 def save_inpainted(
@@ -369,5 +373,4 @@ def save_inpainted(
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=to_uint8(completions))
     write_bytes_atomic(out / "inpainted.npz", buffer.getvalue())
-    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times}
-    write_bytes_atomic(out / "stats.json", json.dumps({**report, "completions": len(completions)}, indent=1).encode())
+    _write_stats(out, stats, run, completions=len(completions))
