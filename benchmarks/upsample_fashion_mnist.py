@@ -23,6 +23,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,38 +54,38 @@ def bilinear(low: torch.Tensor) -> torch.Tensor:
 
 
 def regression_model(flow_run: Path) -> torch.nn.Module:
-    """The flow recipe's network, freshly initialised (seed 0)."""
-    config = config_from_dict(read_state(resolve_checkpoint(flow_run), "flow").config)
+    """The flow recipe's network (same shapes, same condition input), freshly initialised (seed 0)."""
+    state = read_state(resolve_checkpoint(flow_run), "flow")
+    channels, size = state.data.latent_shape[0], state.data.latent_shape[1]
     torch.manual_seed(0)
-    return build_model(config.model, 1, 28, 0, concat_channels=1)
+    return build_model(config_from_dict(state.config).model, channels, size, 0, concat_channels=channels)
 
 
-def predict(model: torch.nn.Module, low: torch.Tensor) -> torch.Tensor:
-    """The regression model's 28×28 output for 14×14 inputs."""
-    up = bilinear(low)
+def predict(model: torch.nn.Module, up: torch.Tensor) -> torch.Tensor:
+    """The regression model's output for up-sampled inputs (the flow's condition): a residual on them."""
     return up + model(up, torch.zeros(len(up)), Condition(concat=up))
 
 
-def train_regression(flow_run: Path, seconds: float, out: Path) -> dict:
-    """Train the regression model for ``seconds`` of wall-clock; save its EMA weights to ``out``."""
+def train_regression(flow_run: Path, seconds: float, out: Path, pairs: Callable, count: int) -> dict:
+    """Train the regression model for ``seconds`` of wall-clock on ``pairs(indices)`` = (up-sampled input,
+    target) of ``count`` training items; save its EMA weights to ``out``."""
     model = regression_model(flow_run)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
-    train = load_dataset("idx", DEFAULT_IDX_PATH, "train")
     generator = torch.Generator().manual_seed(0)
     start, step, horizon, order = time.perf_counter(), 0, None, torch.empty(0, dtype=torch.long)
     while time.perf_counter() - start < seconds:
         if len(order) < 128:
-            order = torch.randperm(len(train), generator=generator)
+            order = torch.randperm(count, generator=generator)
         indices, order = order[:128], order[128:]
-        images = train.batch(indices)[0]
+        up, target = pairs(indices)
         lr = 1e-3 * min(1.0, (step + 1) / 100)
         if horizon is not None and step >= 100:
             progress = min(1.0, (step - 100) / max(1, horizon - 100))
             lr = 5e-5 + 0.5 * (1e-3 - 5e-5) * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = F.mse_loss(predict(model, F.avg_pool2d(images, 2)), images)
+        loss = F.mse_loss(predict(model, up), target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -113,7 +114,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     weights, report = work / "regression.safetensors", {"rows": []}
     if not weights.is_file():
-        report["regression_training"] = train_regression(Path(args.flow), args.seconds, weights)
+        train = load_dataset("idx", DEFAULT_IDX_PATH, "train")
+
+        def pairs(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            images = train.batch(indices)[0]
+            return bilinear(F.avg_pool2d(images, 2)), images
+
+        report["regression_training"] = train_regression(Path(args.flow), args.seconds, weights, pairs, len(train))
         write_bytes_atomic(work / "training.json", json.dumps(report["regression_training"]).encode())
     else:
         report["regression_training"] = json.loads((work / "training.json").read_text())
@@ -134,7 +141,8 @@ def main() -> None:
             outputs = bilinear(low)
         elif name == "regression":
             with torch.no_grad():
-                outputs, used = torch.cat([predict(regression, part) for part in low.split(250)]).clamp(-1, 1), 1
+                parts = [predict(regression, bilinear(part)) for part in low.split(250)]
+                outputs, used = torch.cat(parts).clamp(-1, 1), 1
         else:
             solver = "midpoint" if nfe == "midpoint" else "euler"
             settings = SamplerSettings(solver=solver, nfe=8 if nfe == "midpoint" else nfe)

@@ -114,7 +114,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     try:
         manifest, written = build_cache(
-            config, args.out, args.hflip, args.dtype, args.shard_size, args.batch_size, args.device
+            config, args.out, args.hflip, args.dtype, args.shard_size, args.batch_size, args.device, args.downsample
         )
         if manifest is not None:
             done = f"{written} new shards on this rank" if written else "already complete, nothing encoded"
@@ -528,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="also store latents of left-right flipped images (default: the config's data.hflip)",
+    )
+    encode.add_argument(
+        "--downsample",
+        type=int,
+        default=1,
+        metavar="F",
+        help="encode the images down-sampled F times by area: the low-resolution inputs of an upsample task "
+        "(data.low_latent_cache); default 1",
     )
     encode.add_argument("--dtype", default="float32", help="stored dtype: float32 (default) or float16")
     encode.add_argument("--shard-size", type=int, default=4096, help="images per shard file (default 4096)")

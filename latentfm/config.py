@@ -30,6 +30,8 @@ class DataConfig:
     hflip: bool = False
     skip_corrupt: bool = False
     latent_cache: str | None = None  # a `latentfm encode` directory; training then reads latents from it
+    # upsample task, upsample_low_source=cache: the same images down-sampled, `latentfm encode --downsample F`
+    low_latent_cache: str | None = None
     maps_path: str | None = None  # folder data: a folder of class-id PNG maps named like the images (semantic task)
 
 

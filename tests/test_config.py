@@ -57,7 +57,7 @@ def test_bad_files(tmp_path):
 
 RECIPES = ["digits", "fashion_mnist", "fashion_mnist_latent", "imagenet256_dit_b2", "imagenet256_unet_adm"]
 RECIPES += ["fashion_mnist_inpaint", "fashion_mnist_semantic", "celeba_hq256_inpaint", "celeba_hq256_semantic"]
-RECIPES += ["fashion_mnist_upsample"]
+RECIPES += ["fashion_mnist_upsample", "fashion_mnist_taef2_upsample", "boost_sdvae_256_1024"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -76,6 +76,15 @@ def test_gpu_task_recipes_build_their_models_at_lfm_input_widths(name):
     assert 4 + model.concat_channels == (9 if name.endswith("inpaint") else 8)
     if name.endswith("semantic"):
         assert model.concat_encoder(torch.zeros(1, 19, 256, 256, device="meta")).shape == (1, 4, 32, 32)
+
+
+def test_the_boosting_gpu_recipe_builds_the_papers_eight_channel_unet_on_128_latents():
+    """fm-boosting's UNet sees x_t and the up-sampled latent: 4 + 4 channels at 128², 256² images up x4."""
+    config = load_config(recipe_path("boost_sdvae_256_1024"))
+    task = build_task(config.task)
+    with torch.device("meta"):
+        model = build_model(config.model, 4, 128, 0, **task.model_inputs((4, 128, 128), (3, 1024, 1024)))
+    assert model.concat_channels == 4 and task.factor == 4 and task.mode == "pixel"
 
 
 def test_autoencoder_recipe_loads_with_its_list_field():

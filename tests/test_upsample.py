@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -118,3 +119,62 @@ def test_cascade_and_latents_files(base_run, upsample_run, tmp_path, capsys):
     other.save(tmp_path / "other.npz")
     assert main([*up[:-1], str(tmp_path / "other.npz"), "--out", str(tmp_path / "refused")]) == 2
     assert "the latents come from another autoencoder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def digit_caches(tmp_path_factory):
+    """Caches of the 8x8 digits (identity autoencoder): as they are, and down-sampled x2 (and x4)."""
+    root = tmp_path_factory.mktemp("caches")
+    config = root / "encode.yaml"
+    config.write_text("data:\n  dataset: digits\nautoencoder:\n  kind: identity\n")
+    for name, factor in (("high", "1"), ("low", "2"), ("low4", "4")):
+        args = ["encode", "--config", str(config), "--device", "cpu", "--downsample", factor]
+        assert main([*args, "--out", str(root / name)]) == 0
+    return root
+
+
+CACHED = [*UPSAMPLE, "autoencoder.normalize=none", "task.upsample_low_source=cache", "model.patch_size=1"]
+
+
+def test_a_low_resolution_cache_holds_the_images_down_sampled_by_area(digit_caches):
+    from latentfm.data import LatentCache, load_data_config
+
+    low = LatentCache(digit_caches / "low")
+    assert low.downsample == 2 and low.image_shape == (1, 4, 4) and low.latent_shape == (1, 4, 4)
+    images, _ = load_data_config(load_config(None, TINY).data).batch(torch.arange(10))
+    torch.testing.assert_close(low.batch(torch.arange(10))[0], torch.nn.functional.avg_pool2d(images, 2))
+
+
+def test_training_from_the_low_cache_sees_what_encoding_every_step_sees(digit_caches, tmp_path):
+    caches = [f"data.latent_cache={digit_caches / 'high'}", f"data.low_latent_cache={digit_caches / 'low'}"]
+    cached = Trainer(load_config(None, [*CACHED, *caches, f"train.out_dir={tmp_path / 'a'}"]))
+    image = [*CACHED[:-2], "model.patch_size=1", "autoencoder.normalize=none", f"train.out_dir={tmp_path / 'b'}"]
+    encoded = Trainer(load_config(None, image))
+    for trainer in (cached, encoded):
+        batch = trainer.training_batch(3)
+        trainer.cond = trainer.task.training_condition(batch, trainer.encode)
+    assert encoded.task.low_source == "image" and cached.task.needs_images is False
+    torch.testing.assert_close(cached.cond.concat, encoded.cond.concat)
+    cached.run()
+    assert FlowPipeline.from_checkpoint(tmp_path / "a").upsample(torch.zeros(2, 1, 4, 4))[0].shape == (2, 1, 8, 8)
+
+
+def test_a_wrong_low_resolution_cache_is_one_line(digit_caches, tmp_path):
+    high = f"data.latent_cache={digit_caches / 'high'}"
+    cases = [
+        ([*CACHED, high], "data.low_latent_cache is read only with task.kind=upsample"),
+        ([*UPSAMPLE, high, f"data.low_latent_cache={digit_caches / 'low'}"], "set both or neither"),
+        (
+            [*CACHED, high, f"data.low_latent_cache={digit_caches / 'high'}"],
+            "holds the images as loaded; encode them with --downsample F",
+        ),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(LatentFMError, match=re.escape(message)):
+            Trainer(load_config(None, [*overrides, f"train.out_dir={tmp_path / 'run'}"]))
+    with pytest.raises(LatentFMError, match="encode it with --downsample 2 for task.upsample_factor=2"):
+        low4 = [*CACHED, high, f"data.low_latent_cache={digit_caches / 'low4'}"]
+        Trainer(load_config(None, [*low4, f"train.out_dir={tmp_path / 'run'}"])).run()
+    with pytest.raises(LatentFMError, match="holds other images than the training data"):
+        other = [*CACHED, "data.split=test", f"data.low_latent_cache={digit_caches / 'low'}"]
+        Trainer(load_config(None, [*other, f"train.out_dir={tmp_path / 'run'}"]))

@@ -2,7 +2,8 @@
 
 Layout of a cache directory::
 
-    manifest.json       what was encoded, by which autoencoder (weights hash), from which data (fingerprint)
+    manifest.json       what was encoded, by which autoencoder (weights hash), from which data (fingerprint),
+                        down-sampled how many times by area (``downsample``, 1: as loaded)
     shard_00000.npy     latents [n, views, C, h, w]; view 1 is the left-right flipped image when ``hflip``
     labels.npy          int64 labels [N] (absent for unlabelled data)
 
@@ -36,6 +37,7 @@ IDENTITY_KEYS = (
     "dataset.count",
     "dataset.fingerprint",
     "hflip",
+    "downsample",
     "dtype",
     "shard_size",
     "sampling",
@@ -55,7 +57,8 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 
 def cache_difference(saved: dict[str, Any], header: dict[str, Any]) -> str | None:
     """The first identity key in which an existing cache differs from ``header``, with both values."""
-    difference = first_difference(saved, header, keys=IDENTITY_KEYS)
+    # caches written before --downsample existed hold the images as loaded
+    difference = first_difference({"downsample": 1, **saved}, {"downsample": 1, **header}, keys=IDENTITY_KEYS)
     if difference is None:
         return None
     return f"{difference.key}: {difference.old!r} in the cache, {difference.new!r} now"
@@ -98,6 +101,7 @@ class LatentCache:
         self.num_classes, self.class_names = manifest["num_classes"], manifest["class_names"]
         self.image_shape = tuple(manifest["image_shape"])
         self.latent_shape = tuple(manifest["latent_shape"])
+        self.downsample = manifest.get("downsample", 1)
 
     def _open_shard(self, shard: int) -> np.ndarray:
         """Shard ``shard`` memory-mapped, checked against the manifest's shapes."""

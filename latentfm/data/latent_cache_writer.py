@@ -43,8 +43,11 @@ def cache_header(
     seed: int = 0,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    downsample: int = 1,
 ) -> dict[str, Any]:
     """The manifest of a cache before encoding: everything that identifies its contents.
+
+    ``downsample`` > 1 encodes the images down-sampled that many times by area (the upsample task's inputs).
 
     An autoencoder that samples its posterior makes latents that also depend on the seed, the batch size
     (one draw per call) and the device type, so those are part of the identity then.
@@ -61,11 +64,12 @@ def cache_header(
         "autoencoder": autoencoder_identity,
         "dataset": {**data_description, "count": len(data), "fingerprint": data.fingerprint()},
         "hflip": hflip,
+        "downsample": downsample,
         "dtype": dtype,
         "shard_size": shard_size,
         "sampling": sampling,
         "latent_shape": list(latent_shape),
-        "image_shape": list(data.images.shape[1:]),
+        "image_shape": [data.images.shape[1], *(size // downsample for size in data.images.shape[2:])],
         "num_classes": data.num_classes,
         "class_names": data.class_names,
         "complete": False,
@@ -125,7 +129,7 @@ def encode_shards(
         indices = torch.arange(shard * size, min((shard + 1) * size, len(data)))
         parts = []
         for chunk in indices.split(batch_size):
-            images, _ = data.batch(chunk, device=device)
+            images = downsample(data.batch(chunk, device=device)[0], header["downsample"])
             views = [images, images.flip(-1)] if header["hflip"] else [images]
             parts.append(torch.stack([autoencoder.encode(v).float() for v in views], dim=1).cpu())
             bar.update(len(chunk))
@@ -137,6 +141,11 @@ def encode_shards(
         _save_npy(shard_path(directory, shard), latents)
     bar.close()
     return len(todo)
+
+
+def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Images down-sampled ``factor`` times by area averaging (unchanged for 1)."""
+    return images if factor == 1 else torch.nn.functional.avg_pool2d(images, factor)
 
 
 def finalize_cache(directory: str | Path, data: ImageData) -> dict[str, Any]:
@@ -165,8 +174,10 @@ def build_cache(
     shard_size: int = 4096,
     batch_size: int = 256,
     device: str = "auto",
+    downsample_factor: int = 1,
 ) -> tuple[dict[str, Any] | None, int]:
-    """Encode ``config.data`` with ``config.autoencoder`` into the cache ``out`` (what ``latentfm encode`` does).
+    """Encode ``config.data`` with ``config.autoencoder`` into the cache ``out`` (what ``latentfm encode`` does);
+    with ``downsample_factor`` > 1, the images down-sampled that many times by area.
 
     Resumes an unfinished cache; under ``torchrun`` the ranks share the shards. Returns the finished
     manifest (on the main rank; None on the others) and the number of shards this rank encoded.
@@ -174,9 +185,14 @@ def build_cache(
     dist = setup_distributed(device)
     data = load_data_config(config.data)
     autoencoder = build_autoencoder(config.autoencoder, image_channels=data.images.shape[1]).to(dist.device)
-    check_image_size(data.images.shape, autoencoder)
+    if downsample_factor < 1 or data.images.shape[-1] % downsample_factor:
+        raise LatentFMError(
+            f"--downsample {downsample_factor}: must be at least 1 and divide the images' size {data.images.shape[-1]}"
+        )
+    first = downsample(data.batch(torch.arange(1), device=dist.device)[0], downsample_factor)
+    check_image_size(first.shape, autoencoder)
     with torch.no_grad():
-        latent_shape = tuple(autoencoder.encode(data.batch(torch.arange(1), device=dist.device)[0]).shape[1:])
+        latent_shape = tuple(autoencoder.encode(first).shape[1:])
     d = config.data
     description = {
         "kind": d.dataset,
@@ -189,7 +205,17 @@ def build_cache(
     hflip = d.hflip if hflip is None else hflip
     seed = config.train.seed
     header = cache_header(
-        data, identity, description, latent_shape, hflip, dtype, shard_size, seed, batch_size, dist.device
+        data,
+        identity,
+        description,
+        latent_shape,
+        hflip,
+        dtype,
+        shard_size,
+        seed,
+        batch_size,
+        dist.device,
+        downsample_factor,
     )
     # The main rank creates the manifest before the others look, so no rank sees a half-made directory.
     complete = prepare_cache(out, header) if dist.is_main else False

@@ -28,6 +28,7 @@ class TrainingBatch:
         labels: ``[B]`` class labels, or None.
         images: the images in [-1, 1] ``[B, C, H, W]`` the latents were encoded from (None from a latent cache).
         maps: uint8 class-id maps ``[B, 1, H, W]`` of ``data.maps_path``, flipped with the images, or None.
+        low_latents: normalised latents of the images down-sampled, from ``data.low_latent_cache``, or None.
         rows: the samples' rows in the step's global batch (``[B]``, on the batch's device).
         seeds: one seed per sample for the task's own draws (masks), from ``(train.seed, step, row)`` so that
             any number of ranks draws what one process draws.
@@ -37,6 +38,7 @@ class TrainingBatch:
     labels: torch.Tensor | None
     images: torch.Tensor | None = None
     maps: torch.Tensor | None = None
+    low_latents: torch.Tensor | None = None
     rows: torch.Tensor | None = None
     seeds: list[int] | None = None
 
@@ -47,6 +49,7 @@ class Task(Protocol):
     kind: str
     needs_images: bool  # training needs the images themselves, not only their latents
     uses_labels: bool  # the model gets the data's class labels
+    needs_low_latents: bool  # training reads latents of down-sampled images (``data.low_latent_cache``)
 
     def model_inputs(self, latent_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> dict[str, Any]:
         """``build_model`` keywords for the task's condition: ``concat_channels`` and a ``concat_encoder``."""

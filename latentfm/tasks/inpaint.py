@@ -36,6 +36,7 @@ class InpaintTask:
 
     kind = "inpaint"
     needs_images = True
+    needs_low_latents = False
     uses_labels = True
 
     def __init__(self, masks: MaskSettings):

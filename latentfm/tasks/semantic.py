@@ -50,6 +50,7 @@ class SemanticTask:
 
     kind = "semantic"
     needs_images = True
+    needs_low_latents = False
     uses_labels = True
 
     def __init__(

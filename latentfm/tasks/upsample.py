@@ -1,7 +1,9 @@
 """The ``upsample`` task ("boosting", Fischer et al. 2024): a flow from a small latent to a large one.
 
 The data x1 is the latent of an image. The low-resolution input is the latent of the image down-sampled
-``factor`` times (area), or, with ``low_source: latent``, the high-resolution latent down-sampled in latent space.
+``factor`` times (area): encoded at every step (``low_source: image``) or read from a cache of those latents
+(``cache``: ``data.low_latent_cache``, written by ``latentfm encode --downsample F``; the same inputs, encoded
+once); or, with ``low_source: latent``, the high-resolution latent down-sampled in latent space.
 It is brought back to the high latent resolution (``mode``: ``nearest`` or ``bilinear`` in latent space, or
 ``pixel``: the low-resolution image up-sampled bicubically and encoded again) and used twice: concatenated to x_t
 as the condition, and, noised, as the source x0 of the flow (``noise: diffusion``: the forward-diffusion step
@@ -22,7 +24,7 @@ from latentfm.errors import LatentFMError
 from latentfm.tasks.base import Encode, Inputs, TrainingBatch, check_input_names, null_labels, require_images
 
 MODES = ("nearest", "bilinear", "pixel")
-LOW_SOURCES = ("image", "latent")
+LOW_SOURCES = ("image", "cache", "latent")
 NOISES = ("diffusion", "sigma")
 
 
@@ -72,7 +74,7 @@ class UpsampleTask:
                 raise LatentFMError(f"task.upsample_{key}={value!r} is unknown; use one of {', '.join(options)}")
         if factor not in (2, 4):
             raise LatentFMError(f"task.upsample_factor={factor}: use 2 or 4")
-        if low_source == "latent" and mode == "pixel":
+        if low_source != "image" and mode == "pixel":
             raise LatentFMError("task.upsample_mode=pixel re-encodes images: it needs task.upsample_low_source=image")
         if not 0 <= diffusion_step < 1000 or sigma < 0:
             raise LatentFMError(
@@ -80,6 +82,7 @@ class UpsampleTask:
             )
         self.factor, self.mode, self.low_source = factor, mode, low_source
         self.uses_labels, self.needs_images = labels, low_source == "image"
+        self.needs_low_latents = low_source == "cache"
         alpha_bar = cosine_alpha_bar(diffusion_step)
         self.signal, self.noise = (
             (math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)) if noise == "diffusion" else (1.0, sigma)
@@ -110,11 +113,25 @@ class UpsampleTask:
             labels=labels, concat=self.up(latents, (latents.shape[-2] * self.factor, latents.shape[-1] * self.factor))
         )
 
+    def low_latents(self, batch: TrainingBatch) -> torch.Tensor:
+        """The batch's low-resolution latents: from the low-resolution cache, or the latents down-sampled."""
+        if self.low_source == "latent":
+            return F.avg_pool2d(batch.x1, self.factor)
+        low = batch.low_latents
+        if low is None:
+            raise LatentFMError("task.upsample_low_source=cache reads data.low_latent_cache: set it")
+        if low.shape[-1] * self.factor != batch.x1.shape[-1]:
+            raise LatentFMError(
+                f"data.low_latent_cache holds {low.shape[-1]}² latents, the data {batch.x1.shape[-1]}²: "
+                f"encode it with --downsample {self.factor} for task.upsample_factor={self.factor}"
+            )
+        return low
+
     def training_condition(self, batch: TrainingBatch, encode: Encode) -> Condition:
         """The batch's images (or latents) down-sampled and brought back up."""
         labels = batch.labels if self.uses_labels else None
-        if self.low_source == "latent":
-            return Condition(labels=labels, concat=self.up(F.avg_pool2d(batch.x1, self.factor), batch.x1.shape[-2:]))
+        if self.low_source != "image":
+            return Condition(labels=labels, concat=self.up(self.low_latents(batch), batch.x1.shape[-2:]))
         return self.condition_of_images(labels, self.low_images(require_images(self.kind, batch)), encode)
 
     def sampling_condition(
@@ -149,8 +166,8 @@ class UpsampleTask:
 
     def preview_inputs(self, batch: TrainingBatch) -> Inputs | None:
         """The batch's images (or latents) down-sampled."""
-        if self.low_source == "latent":
-            return {"low_latent": F.avg_pool2d(batch.x1, self.factor)}
+        if self.low_source != "image":
+            return {"low_latent": self.low_latents(batch)}
         return {"low": self.low_images(require_images(self.kind, batch))}
 
     def coupling_groups(self, batch: TrainingBatch) -> torch.Tensor | None:

@@ -46,6 +46,7 @@ class Trainer(TrainingLoop):
         self.sampler: SamplerSettings = settings_from_section(config.sample)
         self.autoencoder, self.latents = self._latent_source(data)
         self.autoencoder_identity = autoencoder_identity(self.autoencoder, config.autoencoder.kind)
+        self.low_latents = self._low_latent_cache()
         if isinstance(self.latents, LatentCache):
             check_cache_autoencoder(self.latents, self.autoencoder_identity)
             if self.task.needs_images:
@@ -111,6 +112,30 @@ class Trainer(TrainingLoop):
         autoencoder = build_autoencoder(spec, image_channels=data.images.shape[1]).to(self.device)
         return autoencoder, EncodedImages(data, autoencoder)
 
+    def _low_latent_cache(self) -> LatentCache | None:
+        """``data.low_latent_cache``, checked to hold the training images down-sampled, by this autoencoder."""
+        directory = self.config.data.low_latent_cache
+        if bool(directory) != self.task.needs_low_latents:
+            raise LatentFMError(
+                "data.low_latent_cache is read only with task.kind=upsample, task.upsample_low_source=cache; "
+                "set both or neither"
+            )
+        if not directory:
+            return None
+        low = LatentCache(directory)
+        check_cache_autoencoder(low, self.autoencoder_identity)
+        if isinstance(self.latents, LatentCache):
+            fingerprint = self.latents.manifest["dataset"]["fingerprint"]
+        else:
+            fingerprint = self.latents.data.fingerprint()
+        if low.manifest["dataset"]["fingerprint"] != fingerprint:
+            raise LatentFMError(f"data.low_latent_cache {directory} holds other images than the training data")
+        if low.downsample < 2:
+            raise LatentFMError(
+                f"data.low_latent_cache {directory} holds the images as loaded; encode them with --downsample F"
+            )
+        return low
+
     def _moments(self) -> tuple[list[float], list[float]]:
         """Per-channel latent moments: the cache's, or those of ``norm_batches`` random training batches."""
         if isinstance(self.latents, LatentCache):
@@ -171,11 +196,13 @@ class Trainer(TrainingLoop):
             maps = self.latents.data.map_batch(indices, flips, device=self.device)
         else:
             latents, labels = self.latents.batch(indices, flips, device=self.device)
+        low = None if self.low_latents is None else self.low_latents.batch(indices, flips, device=self.device)[0]
         return TrainingBatch(
             x1=self.latent_norm.normalize(latents),
             labels=labels,
             images=images,
             maps=maps,
+            low_latents=None if low is None else self.latent_norm.normalize(low),
             rows=torch.tensor(list(rows), device=self.device),
             seeds=[derive_seed(seed, TASK, step, row) for row in rows] if self.task.needs_images else None,
         )
