@@ -22,7 +22,7 @@ from latentfm.atomic import atomic_directory
 from latentfm.errors import LatentFMError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-MADE_BY = {"flow": "train", "autoencoder": "train-autoencoder"}
+MADE_BY = {"flow": "train", "autoencoder": "train-autoencoder", "refiner": "train-refiner"}
 KINDS = tuple(MADE_BY)
 _KIND_OF_0_1 = {None: "flow", "kl_autoencoder": "autoencoder"}  # 0.1 wrote no kind for flow runs
 
@@ -42,7 +42,8 @@ class CheckpointState:
     """The JSON part of a checkpoint: plain numbers, strings and lists only.
 
     ``latent_norm`` (``shift``, ``scale``) and ``autoencoder`` (the weights identity the latents were made with)
-    belong to flow checkpoints; their owners build themselves from these values.
+    belong to flow and refiner checkpoints; their owners build themselves from these values. A refiner
+    checkpoint names its ``teacher`` (the hash of the EMA weights it was trained against).
     """
 
     kind: str
@@ -52,6 +53,7 @@ class CheckpointState:
     version: str = ""
     latent_norm: dict[str, list[float]] | None = None
     autoencoder: dict[str, Any] | None = None
+    teacher: dict[str, Any] | None = None  # refiner checkpoints: the teacher's weights hash and checkpoint
     param_groups: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
 

@@ -87,6 +87,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         teardown_distributed()
 
 
+def cmd_train_refiner(args: argparse.Namespace) -> None:
+    """Train FlowTurbo's velocity refiner for a trained flow model (the teacher, frozen): its data, task and model
+    come from the teacher's checkpoint, the refiner, optim, train and sample sections from the config."""
+    from latentfm.distributed import teardown_distributed
+    from latentfm.training.refiner_trainer import RefinerTrainer, refiner_config
+
+    config = refiner_config(args.teacher, args.config, args.overrides)
+    try:
+        checkpoint = RefinerTrainer(config).run()
+        print(f"checkpoint: {checkpoint}")
+    finally:
+        teardown_distributed()
+
+
 def cmd_train_autoencoder(args: argparse.Namespace) -> None:
     """Train a KL autoencoder from a YAML config plus overrides, then report its test PSNR."""
     from latentfm.config import AutoencoderRunConfig, load_config
@@ -132,7 +146,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if args.n < 1:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
-    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    pipe = _pipeline(args)
     settings = _sampler_settings(args, pipe.sampler)
     run = {"checkpoint": str(args.checkpoint), "seed": args.seed, "schedule": args.schedule}
     if args.semantic:
@@ -219,10 +233,10 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     """Complete the white part of each mask (black = keep) with a checkpoint trained with task.kind=inpaint;
     writes OUT/inpainted.npz (uint8 completions), OUT/inpainted.png (image, mask, completions per row) and
     OUT/stats.json. The known region of every completion is the input's pixels exactly."""
-    from latentfm.pipeline import FlowPipeline, save_inpainted
+    from latentfm.pipeline import save_inpainted
 
     pairs = _paired_files(args.image, args.mask)
-    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    pipe = _pipeline(args)
     images, masks = map(torch.stack, zip(*[_read_pair(image, mask, pipe.image_shape) for image, mask in pairs]))
     if args.n < 1:
         raise LatentFMError(f"--n {args.n}: ask for at least one completion")
@@ -293,9 +307,9 @@ def cmd_upsample(args: argparse.Namespace) -> None:
     """Up-sample low-resolution images (or latents) with a checkpoint trained with task.kind=upsample: one output
     per input, in input order, to OUT/upsampled.npz (the layout of samples.npz), OUT/upsampled.png (inputs over
     outputs) and OUT/stats.json. The same seed gives the same images."""
-    from latentfm.pipeline import FlowPipeline, save_upsampled
+    from latentfm.pipeline import save_upsampled
 
-    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    pipe = _pipeline(args)
     low = _low_resolution_inputs(args.input, pipe.image_shape[0])
     settings = _sampler_settings(args, pipe.sampler)
     start = time.perf_counter()
@@ -337,7 +351,18 @@ def _read_map(file: Path, image_shape: tuple[int, ...]) -> torch.Tensor:
 
 def _sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
     """The checkpoint's sampler (``recipe``) with what the command line gives replaced."""
+    given = [f"--{name}" for name in ("solver", "nfe", "steps") if getattr(args, name) is not None]
+    if args.turbo is not None and given:
+        raise LatentFMError(f"--turbo {args.turbo} is a whole sampler: drop {' and '.join(given)}")
     return recipe.with_given(**{name: getattr(args, name) for name in GIVEN_FIELDS})
+
+
+def _pipeline(args: argparse.Namespace):
+    """The checkpoint's pipeline on the requested device, with ``--refiner`` when given."""
+    from latentfm.pipeline import FlowPipeline
+
+    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    return pipe.with_refiner(args.refiner) if args.refiner else pipe
 
 
 def _device(name: str) -> torch.device:
@@ -475,6 +500,38 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
     print(write_solver_report(Path(args.out), report))
 
 
+def cmd_bench_turbo(args: argparse.Namespace) -> None:
+    """Sample quality against wall-clock per image for fixed-step solvers, searched schedules and FlowTurbo
+    programs (with the checkpoint's guidance), eager and, with --compile, compiled: FD and class accuracy of the
+    same N samples each. Writes OUT/turbo.json, OUT/turbo.md and OUT/turbo.png (FD against ms per image)."""
+    from dataclasses import replace
+
+    from latentfm.bench.turbo import SAMPLERS, turbo_bench, write_turbo_report
+    from latentfm.evaluation import TrainingEvaluation
+    from latentfm.evaluation.report import machine_description
+
+    samplers = [text for text in args.samplers.split(",") if text] if args.samplers else list(SAMPLERS)
+    if not args.refiner and any(text.startswith("H") and not text.endswith("R0") for text in samplers):
+        raise LatentFMError("turbo programs with refiner steps need --refiner RUN (latentfm train-refiner)")
+    pipe = _pipeline(args)
+    pipe = replace(pipe, sampler=pipe.sampler.with_given(cfg=args.cfg, guidance_interval=args.guidance_interval))
+    evaluation = TrainingEvaluation(args.features, args.reference, pipe.image_shape, pipe.device)
+    modes = (None, args.compile) if args.compile else (None,)
+    rows = turbo_bench(pipe, evaluation, samplers, args.n, args.seed, modes)
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "refiner": args.refiner,
+        "n": args.n,
+        "seed": args.seed,
+        "cfg": pipe.sampler.cfg,
+        "guidance_interval": pipe.sampler.guidance_interval,
+        "machine": machine_description(pipe.device),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    print(write_turbo_report(Path(args.out), report))
+
+
 def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that pick a sampler and its noise, shared by ``sample`` and ``eval``: each one left out is
     the checkpoint's ``sample`` section (then the library default: midpoint, 8 NFE, no guidance)."""
@@ -491,6 +548,20 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
         "--guidance-interval",
         metavar="LOW,HIGH",
         help=f"guide only for t in [LOW, HIGH] (t = 0 is the noise), or all ({recipe})",
+    )
+    parser.add_argument(
+        "--turbo",
+        metavar="HnPmRk",
+        help="a FlowTurbo program, e.g. H1P5R3: n Heun, m pseudo-corrector and k refiner steps on the --schedule grid "
+        "(replaces --solver/--nfe/--steps; refiner steps need --refiner)",
+    )
+    parser.add_argument("--refiner", help="the velocity refiner's run or checkpoint directory (latentfm train-refiner)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        metavar="MODE",
+        help="torch.compile each kind of sampling step as a whole (MODE: default, reduce-overhead, max-autotune)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the source noise (sample i uses (seed, i))")
     parser.add_argument("--batch-size", type=int, default=256, help="samples per model call")
@@ -509,6 +580,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML config file, e.g. configs/digits.yaml")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
     train.set_defaults(run=cmd_train)
+
+    train_refiner = commands.add_parser(
+        "train-refiner",
+        help="train a FlowTurbo velocity refiner for a flow model",
+        description=cmd_train_refiner.__doc__,
+    )
+    train_refiner.add_argument("--teacher", required=True, help="the flow model's run or checkpoint directory")
+    train_refiner.add_argument("--config", required=True, help="YAML config, e.g. configs/fashion_mnist_refiner.yaml")
+    train_refiner.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
+    train_refiner.set_defaults(run=cmd_train_refiner)
 
     train_ae = commands.add_parser(
         "train-autoencoder", help="train a KL autoencoder from a config", description=cmd_train_autoencoder.__doc__
@@ -610,7 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", default="auto", help="auto, cpu or cuda")
     search.set_defaults(run=cmd_search_schedule)
 
-    bench = commands.add_parser("bench", help="benchmarks (bench solvers)", description="latentfm benchmarks")
+    bench = commands.add_parser(
+        "bench", help="benchmarks (bench solvers, bench turbo)", description="latentfm benchmarks"
+    )
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     solvers = benches.add_parser(
         "solvers", help="solver error and time against NFE", description=cmd_bench_solvers.__doc__
@@ -628,6 +711,28 @@ def build_parser() -> argparse.ArgumentParser:
     solvers.add_argument("--device", default="auto", help="auto, cpu or cuda")
     solvers.add_argument("--out", default="out/bench_solvers", help="output directory")
     solvers.set_defaults(run=cmd_bench_solvers)
+    turbo = benches.add_parser(
+        "turbo", help="sample quality against time per image, FlowTurbo included", description=cmd_bench_turbo.__doc__
+    )
+    turbo.add_argument("--checkpoint", required=True, help="the flow model's run or checkpoint directory")
+    turbo.add_argument("--refiner", help="its velocity refiner (latentfm train-refiner), for programs with R > 0")
+    turbo.add_argument("--features", required=True, help=FEATURES_HELP)
+    turbo.add_argument("--reference", required=True, help="reference statistics (latentfm stats) of those features")
+    turbo.add_argument(
+        "--samplers",
+        help="comma-separated SOLVER:NFE, turbo programs HnPmRk and search-schedule JSON files (default: euler and "
+        "heun at 8 and 16 NFE, midpoint:8, H1P4R3, H1P5R2, H2P3R3, H1P3R4)",
+    )
+    turbo.add_argument("--n", type=int, default=1000, help="samples per sampler (default 1000)")
+    turbo.add_argument("--seed", type=int, default=0, help="noise seed (sample i uses (seed, i))")
+    turbo.add_argument("--cfg", type=float, help="guidance weight (default: the checkpoint's)")
+    turbo.add_argument("--guidance-interval", metavar="LOW,HIGH", help="guidance interval (default: the checkpoint's)")
+    turbo.add_argument(
+        "--compile", nargs="?", const="default", metavar="MODE", help="also time every sampler compiled (torch.compile)"
+    )
+    turbo.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    turbo.add_argument("--out", default="out/bench_turbo", help="output directory")
+    turbo.set_defaults(run=cmd_bench_turbo)
 
     classifier = commands.add_parser(
         "train-classifier",

@@ -176,6 +176,7 @@ class SampleConfig:
     schedule: str | None = None
     cfg: float | None = None
     guidance_interval: tuple[float, float] | None = None  # guide only for t in [low, high]; None: everywhere
+    turbo: str | None = None  # a FlowTurbo program H{n}P{m}R{k} (refiner runs): replaces solver and budget
     per_class: int = 8
 
 
@@ -190,6 +191,29 @@ class EvalConfig:
     samples: int = 1000
     features: str | None = None
     reference: str | None = None
+
+
+@dataclass
+class RefinerConfig:
+    """FlowTurbo's velocity refiner (``latentfm train-refiner``): a small network predicting how the teacher's
+    velocity changes over a small step, ``v(x', t + Δ) ≈ v + refiner(x', t + Δ | v)``.
+
+    ``arch`` ``dit`` (a few DiT blocks of width ``hidden_size`` on ``patch_size`` patches; None: a DiT teacher's,
+    4 for a UNet teacher) or ``unet`` (a one-level UNet of ``model_channels`` at full resolution, slower).
+    Training draws ``Δ ~ U(0, delta_max)`` per sample and drops labels with probability ``label_dropout`` for
+    the input velocity, the target and the refiner alike. ``teacher``: the teacher's run or checkpoint directory.
+    """
+
+    teacher: str | None = None
+    arch: str = "dit"
+    hidden_size: int = 64
+    depth: int = 1
+    num_heads: int = 2
+    patch_size: int | None = None
+    model_channels: int = 32
+    num_res_blocks: int = 1
+    delta_max: float = 0.25
+    label_dropout: float = 0.1
 
 
 @dataclass
@@ -223,6 +247,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,21 @@ from tqdm.auto import tqdm
 from latentfm.atomic import write_bytes_atomic
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity
-from latentfm.checkpoint import read_state, read_tensors, resolve_checkpoint
+from latentfm.checkpoint import read_state, read_tensors, resolve_checkpoint, weights_sha256
 from latentfm.condition import Condition
 from latentfm.config import config_from_dict
 from latentfm.errors import LatentFMError, first_difference
 from latentfm.image_io import save_grid, to_uint8, write_samples
 from latentfm.models.build import build_model
-from latentfm.sampling import GuidedVelocity, SamplerSettings, SampleStats, sample, settings_from_section
+from latentfm.models.refiner import build_refiner
+from latentfm.sampling import (
+    GuidedRefiner,
+    GuidedVelocity,
+    SamplerSettings,
+    SampleStats,
+    sample,
+    settings_from_section,
+)
 from latentfm.seeding import source_noise
 from latentfm.tasks import Inputs, Task, build_task
 
@@ -91,6 +99,7 @@ class FlowPipeline:
     task: Task = field(default_factory=build_task)
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     autoencoder_identity: dict[str, Any] | None = None  # of the weights the model was trained with
+    refiner: nn.Module | None = None  # FlowTurbo's velocity refiner of this model (``with_refiner``)
 
     @property
     def device(self) -> torch.device:
@@ -127,6 +136,30 @@ class FlowPipeline:
             sampler=settings_from_section(config.sample),
             autoencoder_identity=state.autoencoder,
         )
+
+    def with_refiner(self, path: str | Path) -> FlowPipeline:
+        """This pipeline with the velocity refiner of a ``latentfm train-refiner`` run or checkpoint (its EMA
+        weights), for turbo programs with refiner steps; a refiner trained for other weights is refused."""
+        directory = resolve_checkpoint(path)
+        state = read_state(directory, "refiner")
+        if (state.teacher or {}).get("weights_sha256") != weights_sha256(self.model):
+            teacher = (state.teacher or {}).get("checkpoint", "another model")
+            raise LatentFMError(
+                f"refiner {directory} was trained for other weights ({teacher}), not this checkpoint's; "
+                "train one for it with latentfm train-refiner --teacher CHECKPOINT"
+            )
+        config = config_from_dict(state.config)
+        inputs = self.task.model_inputs(self.latent_shape, self.image_shape)
+        refiner = build_refiner(
+            config.refiner,
+            config.model,
+            self.latent_shape,
+            self.num_classes,
+            inputs.get("concat_channels", 0),
+            inputs.get("concat_encoder"),
+        )
+        refiner.load_state_dict(read_tensors(directory, "ema"))
+        return replace(self, refiner=refiner.to(self.device).eval().requires_grad_(False))
 
     def _check_labels(self, labels: torch.Tensor | None) -> None:
         if labels is None:
@@ -209,7 +242,10 @@ class FlowPipeline:
             batch_inputs = None if inputs is None else {name: value[start:stop] for name, value in inputs.items()}
             velocity = self.velocity(batch_labels, settings.cfg, settings.guidance_interval, batch_inputs, stop - start)
             x0 = self.task.source(velocity.cond, self.source(stop - start, seed, first_index + start))
-            z, stats = sample(velocity, x0, settings=settings)
+            refine = None if self.refiner is None else GuidedRefiner(self.refiner_velocity, velocity)
+            z, stats = sample(velocity, x0, settings=settings, refine=refine)
+            stats.network_passes = velocity.network_passes
+            stats.refiner_passes = 0 if refine is None else refine.network_passes
             parts.append(self.decode(z.float(), batch_size) if decode else z.float())
         return torch.cat(parts), stats
 
@@ -295,9 +331,17 @@ class FlowPipeline:
 
     def model_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The model's velocity in float32, under bf16 autocast when ``autocast_dtype`` is set."""
-        enabled = self.autocast_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
+        with self._autocast():
             return self.model(x, t, cond).float()
+
+    def refiner_velocity(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The refiner's correction in float32, under the model's autocast."""
+        with self._autocast():
+            return self.refiner(x, t, v, cond).float()
+
+    def _autocast(self) -> torch.autocast:
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
 
 
 def save_upsampled(
@@ -332,7 +376,13 @@ def save_upsampled(
 
 def _write_stats(out: Path, stats: SampleStats, run: dict[str, Any], **counts: int) -> None:
     """``OUT/stats.json``: the run's record, the sampler's stats and how many images were written."""
-    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times, **counts}
+    report = {**run, "solver": stats.solver, "steps": stats.steps, "nfe": stats.nfe, "times": stats.times}
+    report.update(
+        refiner_calls=stats.refiner_calls,
+        network_passes=stats.network_passes,
+        refiner_passes=stats.refiner_passes,
+        **counts,
+    )
     write_bytes_atomic(out / "stats.json", json.dumps(report, indent=1).encode())
 
 

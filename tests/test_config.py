@@ -58,6 +58,7 @@ def test_bad_files(tmp_path):
 RECIPES = ["digits", "fashion_mnist", "fashion_mnist_latent", "imagenet256_dit_b2", "imagenet256_unet_adm"]
 RECIPES += ["fashion_mnist_inpaint", "fashion_mnist_semantic", "celeba_hq256_inpaint", "celeba_hq256_semantic"]
 RECIPES += ["fashion_mnist_upsample", "fashion_mnist_taef2_upsample", "boost_sdvae_256_1024"]
+RECIPES += ["fashion_mnist_refiner", "digits_refiner"]
 
 
 @pytest.mark.parametrize("name", RECIPES)

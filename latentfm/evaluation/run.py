@@ -63,6 +63,8 @@ class Evaluation:
         self.settings, self.out, self.progress = settings, Path(out), progress
         self.dist = setup_distributed(device)
         self.pipe = FlowPipeline.from_checkpoint(settings.checkpoint, device=self.dist.device)
+        if settings.refiner:
+            self.pipe = self.pipe.with_refiner(settings.refiner)
         self.settings = settings = settings.filled_from(self.pipe.sampler)
         self.extractor = load_features(settings.features, self.dist.device)
         self.classifier = self._classifier()

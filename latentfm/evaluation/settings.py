@@ -29,6 +29,9 @@ class EvalSettings:
     schedule: str | None = None  # a name, a list "0,0.5,1" or a search-schedule JSON file
     cfg: float | None = None
     guidance_interval: str | None = None  # "LOW,HIGH" or "all"
+    turbo: str | None = None  # a FlowTurbo program H{n}P{m}R{k} instead of solver and budget
+    refiner: str | None = None  # the velocity refiner's run or checkpoint (turbo programs with refiner steps)
+    compile: str | None = None  # a torch.compile mode for the sampling steps
     batch_size: int = 256
     shard_size: int = 1000
     keep_features: int = KEEP_FEATURES
@@ -50,13 +53,21 @@ class EvalSettings:
             schedule=self.schedule or _schedule_text(sampler.schedule),
             cfg=sampler.cfg,
             guidance_interval=interval_text(sampler.guidance_interval),
+            turbo=sampler.turbo,
+            compile=sampler.compile,
         )
 
     def sampler(self) -> SamplerSettings:
         """The sampler of these (filled) settings."""
         schedule = schedule_from_text(self.schedule or "uniform")
         interval = interval_from_text(self.guidance_interval or "all")
-        return SamplerSettings(self.solver, self.nfe, self.steps, schedule, self.cfg, guidance_interval=interval)
+        if self.turbo is not None:
+            return SamplerSettings(
+                schedule=schedule, cfg=self.cfg, guidance_interval=interval, turbo=self.turbo, compile=self.compile
+            )
+        return SamplerSettings(
+            self.solver, self.nfe, self.steps, schedule, self.cfg, guidance_interval=interval, compile=self.compile
+        )
 
 
 def _schedule_text(schedule: Schedule | SearchedSchedule) -> str:

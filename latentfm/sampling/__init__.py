@@ -1,7 +1,7 @@
 """Sampling: ODE solvers on time grids, schedules and their search, classifier-free guidance, one entry
 point ``sample``."""
 
-from latentfm.sampling.guidance import GuidedVelocity
+from latentfm.sampling.guidance import GuidedRefiner, GuidedVelocity
 from latentfm.sampling.program import SearchedSchedule, load_schedule, schedule_from_text
 from latentfm.sampling.sample import SampleStats, sample
 from latentfm.sampling.schedules import time_grid
@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_NFE",
     "DEFAULT_SOLVER",
     "FIXED_SOLVERS",
+    "GuidedRefiner",
     "GuidedVelocity",
     "SampleStats",
     "SamplerSettings",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -35,7 +37,8 @@ class GuidedVelocity:
         self.uncond, self.interval = uncond, interval
         self.network_passes = 0
 
-    def _guided_at(self, t: torch.Tensor) -> bool:
+    def guided_at(self, t: torch.Tensor) -> bool:
+        """Whether a call at time ``t`` runs the guided (two-pass) form."""
         if self.cfg_scale == 1.0 or self.uncond is None:
             return False
         if self.interval is None:
@@ -44,10 +47,32 @@ class GuidedVelocity:
         return low <= float(t[0]) <= high
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not self._guided_at(t):
+        if not self.guided_at(t):
             self.network_passes += 1
             return self.model(x, t, self.cond)
         self.network_passes += 2
         both = self.cond.cat(self.uncond)
         v_cond, v_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return v_uncond + self.cfg_scale * (v_cond - v_uncond)
+
+
+class GuidedRefiner:
+    """A velocity refiner guided like the velocity it refines (FlowTurbo): ``refine(x, t, v) = v + Δ`` with
+    ``Δ = Δ_uncond + w (Δ_cond - Δ_uncond)`` from one batched call where ``velocity`` guides, ``Δ_cond`` elsewhere.
+
+    ``refiner(x, t, v, cond) -> Δ``; ``velocity`` is the GuidedVelocity of the batch (its condition, weight and
+    interval). ``network_passes`` counts refiner evaluations per sample.
+    """
+
+    def __init__(self, refiner: Callable, velocity: GuidedVelocity):
+        self.refiner, self.velocity, self.network_passes = refiner, velocity, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        guide = self.velocity
+        if not guide.guided_at(t):
+            self.network_passes += 1
+            return v + self.refiner(x, t, v, guide.cond)
+        self.network_passes += 2
+        both = guide.cond.cat(guide.uncond)
+        delta_cond, delta_uncond = self.refiner(torch.cat([x, x]), torch.cat([t, t]), torch.cat([v, v]), both).chunk(2)
+        return v + delta_uncond + guide.cfg_scale * (delta_cond - delta_uncond)

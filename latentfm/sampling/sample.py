@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,29 +12,33 @@ from latentfm.errors import LatentFMError
 from latentfm.sampling.program import SearchedSchedule
 from latentfm.sampling.schedules import Schedule, explicit_steps, time_grid
 from latentfm.sampling.settings import ADAPTIVE_TOLERANCE, SamplerSettings
-from latentfm.sampling.solvers import Velocity, integrate, rules_nfe, solver_rules
+from latentfm.sampling.solvers import Refine, Velocity, integrate, rules_nfe, solver_rules
 
 
 @dataclass
 class SampleStats:
-    """What a sampling run did: ``nfe`` is the exact number of velocity calls per sample."""
+    """What a sampling run did: ``nfe`` is the exact number of velocity calls per sample, ``refiner_calls`` the
+    number of velocity-refiner calls per sample (turbo programs)."""
 
     solver: str
     steps: int
     nfe: int
     times: list[float] = field(default_factory=list)
     note: str = ""
+    refiner_calls: int = 0
+    network_passes: int = 0  # model evaluations per sample, two per guided call (set by the caller that guides)
+    refiner_passes: int = 0
 
 
-class _CountingVelocity:
-    """A velocity that counts its calls (the exact NFE)."""
+class _Counting:
+    """A velocity (or a refiner) that counts its calls (the exact NFE)."""
 
-    def __init__(self, velocity: Velocity):
-        self.velocity, self.calls = velocity, 0
+    def __init__(self, function: Callable):
+        self.function, self.calls = function, 0
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.velocity(x, t)
+        return self.function(*args)
 
 
 def _steps_for_budget(solver: str, nfe: int, skip_last: bool) -> tuple[int, str]:
@@ -48,18 +53,28 @@ def _steps_for_budget(solver: str, nfe: int, skip_last: bool) -> tuple[int, str]
     return steps, "" if spent == nfe else f"nfe budget {nfe}: {steps} {solver} steps use {spent}"
 
 
-def _fixed_step(counted: _CountingVelocity, x0: torch.Tensor, settings: SamplerSettings):
+def _fixed_step(counted: _Counting, x0: torch.Tensor, settings: SamplerSettings):
     """A named fixed-step solver on its time grid."""
     skip_last = bool(settings.options.get("skip_last", False))
     steps, note = settings.steps or explicit_steps(settings.schedule), ""
     if settings.budget is not None:
         steps, note = _steps_for_budget(settings.solver, settings.budget, skip_last)
     times = time_grid(settings.schedule, steps).tolist()
-    x = integrate(counted, x0, times, solver_rules(settings.solver, steps, skip_last))
+    x = integrate(counted, x0, times, solver_rules(settings.solver, steps, skip_last), compiled=settings.compile)
     return x, SampleStats(settings.solver, steps, counted.calls, times, note)
 
 
-def _searched(counted: _CountingVelocity, x0: torch.Tensor, settings: SamplerSettings):
+def _turbo(counted: _Counting, x0: torch.Tensor, settings: SamplerSettings, refine: Refine | None):
+    """A FlowTurbo program: Heun, pseudo-corrector and refiner steps on the schedule's grid."""
+    rules = settings.rules
+    times = time_grid(settings.schedule, len(rules)).tolist()
+    refiner = None if refine is None else _Counting(refine)
+    x = integrate(counted, x0, times, rules, refine=refiner, compiled=settings.compile)
+    calls = 0 if refiner is None else refiner.calls
+    return x, SampleStats(settings.turbo, len(rules), counted.calls, times, refiner_calls=calls)
+
+
+def _searched(counted: _Counting, x0: torch.Tensor, settings: SamplerSettings):
     """A searched program: its own times and per-step rules."""
     program = settings.schedule
     if settings.steps is not None and settings.steps != len(program.rules):
@@ -72,7 +87,7 @@ def _searched(counted: _CountingVelocity, x0: torch.Tensor, settings: SamplerSet
     return x, SampleStats("searched", len(program.rules), counted.calls, list(program.times))
 
 
-def _adaptive(counted: _CountingVelocity, x0: torch.Tensor, settings: SamplerSettings):
+def _adaptive(counted: _Counting, x0: torch.Tensor, settings: SamplerSettings):
     """dopri5 from torchdiffeq over [0, 1] with the given tolerances."""
     from torchdiffeq import odeint
 
@@ -96,6 +111,7 @@ def sample(
     nfe: int | None = None,
     schedule: Schedule | SearchedSchedule = "uniform",
     settings: SamplerSettings | None = None,
+    refine: Refine | None = None,
     **options: Any,
 ) -> tuple[torch.Tensor, SampleStats]:
     """Solve ``dx/dt = velocity(x, t)`` from ``x0`` at t=0 to t=1.
@@ -105,6 +121,7 @@ def sample(
         x0: the source sample (batch first); the state keeps its dtype.
         solver, steps, nfe, schedule, options: as in ``SamplerSettings`` (default: midpoint at 8 NFE), or
         settings: a whole ``SamplerSettings`` instead (its guidance fields belong to the caller's velocity).
+        refine: ``refine(x, t, v) -> v'``, the velocity refiner of a turbo program's refiner steps.
 
     Returns:
         ``(x1, stats)`` with ``stats.nfe`` the exact number of velocity calls per sample.
@@ -119,9 +136,11 @@ def sample(
         settings = SamplerSettings(**given, steps=steps, nfe=nfe, schedule=schedule, options=options)
     elif solver is not None or steps is not None or nfe is not None or schedule != "uniform" or options:
         raise LatentFMError("give either settings or solver/steps/nfe/schedule/options, not both")
-    counted = _CountingVelocity(velocity)
+    counted = _Counting(velocity)
     if settings.searched:
         return _searched(counted, x0, settings)
     if settings.adaptive:
         return _adaptive(counted, x0, settings)
+    if settings.turbo is not None:
+        return _turbo(counted, x0, settings, refine)
     return _fixed_step(counted, x0, settings)

@@ -14,14 +14,15 @@ from typing import Any
 from latentfm.errors import LatentFMError
 from latentfm.sampling.program import SearchedSchedule, schedule_from_text
 from latentfm.sampling.schedules import Schedule, explicit_steps
-from latentfm.sampling.solvers import FIXED_SOLVERS
+from latentfm.sampling.solvers import FIXED_SOLVERS, turbo_rules
 
 ADAPTIVE_SOLVERS = ("dopri5",)
 DEFAULT_SOLVER = "midpoint"
 DEFAULT_NFE = 8
 ADAPTIVE_TOLERANCE = 1e-5
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 # The fields a command line (and EvalSettings) may give, as ``with_given`` takes them.
-GIVEN_FIELDS = ("solver", "nfe", "steps", "schedule", "cfg", "guidance_interval")
+GIVEN_FIELDS = ("solver", "nfe", "steps", "schedule", "cfg", "guidance_interval", "turbo", "compile")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class SamplerSettings:
         guidance_interval: ``(t_low, t_high)``: guidance only for t inside it, the conditional velocity alone
             elsewhere (Kynkäänniemi et al. 2024); None or ``(0, 1)``: everywhere.
         options: ``skip_last=True`` (Heun ends with an Euler step) or ``rtol``/``atol`` (dopri5).
+        turbo: a FlowTurbo program ``H{n}P{m}R{k}`` (n Heun, m pseudo-corrector, k refiner steps on the named
+            ``schedule``'s grid of n + m + k steps) instead of ``solver`` and a budget; refiner steps need a
+            velocity refiner beside the model.
+        compile: a ``torch.compile`` mode (``default``, ``reduce-overhead``: CUDA graphs, ``max-autotune``): each
+            kind of step is compiled as a whole (guidance, network and update), once per kind and process.
 
     Example:
         >>> SamplerSettings().budget, SamplerSettings(solver="euler", steps=4).budget
@@ -57,11 +63,22 @@ class SamplerSettings:
     cfg: float = 1.0
     guidance_interval: tuple[float, float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    turbo: str | None = None
+    compile: str | None = None
 
     def __post_init__(self) -> None:
+        if self.compile not in COMPILE_MODES:
+            modes = ", ".join(mode for mode in COMPILE_MODES if mode)
+            raise LatentFMError(f"compile={self.compile!r} is not a torch.compile mode; use one of {modes}")
+        if self.turbo is not None:
+            self._check_turbo()
+            return
         self._check_solver()
         self._check_budget()
         self._check_options()
+        self._check_guidance()
+
+    def _check_guidance(self) -> None:
         if not math.isfinite(self.cfg) or self.cfg < 0:
             raise LatentFMError(f"cfg={self.cfg} must be a finite number >= 0 (1 means no guidance)")
         low, high = self.guidance_interval or (0.0, 1.0)
@@ -77,6 +94,11 @@ class SamplerSettings:
         return self.nfe
 
     @property
+    def rules(self) -> list[str] | None:
+        """The per-step rules of a turbo program (None otherwise)."""
+        return None if self.turbo is None else turbo_rules(self.turbo)
+
+    @property
     def searched(self) -> bool:
         """True when the schedule is a searched program (times and rules)."""
         return isinstance(self.schedule, SearchedSchedule)
@@ -89,11 +111,15 @@ class SamplerSettings:
     @property
     def fixed_step(self) -> bool:
         """True for a named fixed-step solver on a named or explicit schedule."""
-        return not self.searched and not self.adaptive
+        return not self.searched and not self.adaptive and self.turbo is None
 
     def with_(self, **changes: Any) -> SamplerSettings:
         """A copy with ``changes`` (validated again). A budget given here (``nfe`` or ``steps``) replaces the
         other; a change to an adaptive solver, an explicit or a searched schedule drops the old budget."""
+        if changes.get("turbo") is not None:  # the program is the whole budget
+            changes = {"solver": DEFAULT_SOLVER, "nfe": None, "steps": None, "options": {}, **changes}
+        elif any(changes.get(name) is not None for name in ("solver", "nfe", "steps")) and "turbo" not in changes:
+            changes["turbo"] = None
         if changes.get("steps") is not None and "nfe" not in changes:
             changes["nfe"] = None
         if changes.get("nfe") is not None and "steps" not in changes:
@@ -114,6 +140,18 @@ class SamplerSettings:
         if isinstance(changes.get("guidance_interval"), str):
             changes["guidance_interval"] = interval_from_text(changes["guidance_interval"])
         return self.with_(**changes)
+
+    def _check_turbo(self) -> None:
+        turbo_rules(self.turbo)
+        if self.nfe is not None or self.steps is not None or self.options:
+            raise LatentFMError(
+                f"turbo={self.turbo}: the program fixes the steps and NFE; give no nfe, steps or options"
+            )
+        if self.searched:
+            raise LatentFMError(f"turbo={self.turbo} runs on a named or explicit grid, not a searched schedule")
+        if explicit_steps(self.schedule) not in (None, len(turbo_rules(self.turbo))):
+            raise LatentFMError(f"turbo={self.turbo} takes {len(turbo_rules(self.turbo))} steps; the schedule has more")
+        self._check_guidance()
 
     def _check_solver(self) -> None:
         if not self.searched and self.solver not in FIXED_SOLVERS + ADAPTIVE_SOLVERS:
@@ -173,9 +211,9 @@ def interval_text(interval: tuple[float, float] | None) -> str:
 def settings_from_section(section: Any) -> SamplerSettings:
     """Settings from a config ``sample`` section (its unset fields keep the library defaults; its ``nfe`` and
     ``steps`` apply to fixed-step solvers only)."""
-    names = ("solver", "nfe", "steps", "cfg", "guidance_interval")
+    names = ("solver", "nfe", "steps", "cfg", "guidance_interval", "turbo")
     values = {name: getattr(section, name, None) for name in names}
-    if values["solver"] in ADAPTIVE_SOLVERS:
+    if values["solver"] in ADAPTIVE_SOLVERS or values["turbo"] is not None:
         values.update(nfe=None, steps=None)
     schedule = getattr(section, "schedule", None)
     if schedule is not None:

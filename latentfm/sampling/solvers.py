@@ -6,7 +6,10 @@ A solver is a list of rules, one per step of a time grid; ``integrate`` runs any
 - ``heun``: the explicit trapezoid, two calls; its second call (the velocity at the predicted end point)
   is kept for the next step.
 - ``pc``: FlowTurbo's pseudo-corrector, Heun whose first call is replaced by the velocity kept from the
-  previous Heun/pc step: one call when such a velocity exists, else it is a plain Heun step.
+  previous Heun/pc/refine step: one call when such a velocity exists, else it is a plain Heun step.
+- ``refine``: FlowTurbo's refiner step, Heun whose two velocities come from a velocity refiner instead of the
+  model: ``v1 = refine(x, t, kept)``, ``v2 = refine(x + h v1, t + h, v1)``; no model call when a velocity is
+  kept (else one, for the first), two refiner calls.
 - ``midpoint``: two calls; ``rk4``: classic Runge-Kutta, four calls.
 - ``lms``: a learned linear multistep step, one call: ``sum_j a_j x_j + h * sum_j c_j v_j`` over the states and
   velocities at this and the previous step starts (newest first), with per-step coefficients
@@ -21,11 +24,15 @@ Times are python floats (float64 arithmetic); the state keeps the dtype of ``x``
 
 from __future__ import annotations
 
+import re
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from latentfm.errors import LatentFMError
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Time = float | torch.Tensor
@@ -58,14 +65,19 @@ def _call(velocity: Velocity, x: torch.Tensor, t: Time) -> torch.Tensor:
     return velocity(x, t_batch).to(x.dtype)
 
 
+Refine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``refine(x, t, v) -> v'``: a velocity refiner's estimate of the velocity at ``(x, t)`` from a nearby one."""
+
+
 @dataclass
 class Past:
     """What a step may use besides its start: earlier step starts and states (newest last) for multistep
-    rules, and the step's ``lms`` coefficients."""
+    rules, the step's ``lms`` coefficients and the velocity refiner of ``refine`` steps."""
 
     starts: deque[tuple[Time, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     states: deque[torch.Tensor] = field(default_factory=lambda: deque(maxlen=HISTORY))
     coefficients: Sequence[float] | torch.Tensor | None = None
+    refine: Refine | None = None
 
 
 def euler_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
@@ -79,6 +91,19 @@ def heun_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tens
     h = t_next - t
     v_next = _call(f, x + h * v, t_next)
     return x + 0.5 * h * (v + v_next), v_next
+
+
+def refine_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """Heun on the refiner's velocities (FlowTurbo): no model call; the end velocity is kept."""
+    h = t_next - t
+    v1 = _refined(past.refine, x, t, v)
+    v2 = _refined(past.refine, x + h * v1, t_next, v1)
+    return x + 0.5 * h * (v1 + v2), v2
+
+
+def _refined(refine: Refine, x: torch.Tensor, t: Time, v: torch.Tensor) -> torch.Tensor:
+    t_batch = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
+    return refine(x, t_batch, v).to(x.dtype)
 
 
 def midpoint_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
@@ -142,17 +167,20 @@ def lms_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tenso
 @dataclass(frozen=True)
 class Rule:
     """An update rule and its cost: ``calls`` velocity calls per step, one fewer when it ``reuses_kept`` and
-    the previous step kept its end velocity."""
+    the previous step ``keeps`` its end velocity; ``refiner_calls`` calls of a velocity refiner."""
 
     step: Callable
     calls: int
     reuses_kept: bool = False
+    keeps: bool = False
+    refiner_calls: int = 0
 
 
 RULES: dict[str, Rule] = {  # the single source of NFE accounting
     "euler": Rule(euler_step, 1),
-    "heun": Rule(heun_step, 2),
-    "pc": Rule(heun_step, 2, reuses_kept=True),
+    "heun": Rule(heun_step, 2, keeps=True),
+    "pc": Rule(heun_step, 2, reuses_kept=True, keeps=True),
+    "refine": Rule(refine_step, 1, reuses_kept=True, keeps=True, refiner_calls=2),
     "midpoint": Rule(midpoint_step, 2),
     "rk4": Rule(rk4_step, 4),
     "ab2": Rule(ab2_step, 1),
@@ -168,21 +196,64 @@ def integrate(
     times: Sequence[float] | torch.Tensor,
     rules: Sequence[str],
     coefficients: Sequence[Sequence[float]] | torch.Tensor | None = None,
+    refine: Refine | None = None,
+    compiled: str | None = None,
 ) -> torch.Tensor:
     """Apply ``rules[i]`` from ``times[i]`` to ``times[i + 1]`` for every step; returns the end state.
 
-    ``coefficients[i]`` are the state and velocity weights of an ``lms`` step (newest first).
-    ``times`` and ``coefficients`` may be tensors that require grad (the search differentiates through them).
+    ``coefficients[i]`` are the state and velocity weights of an ``lms`` step (newest first); ``refine`` is the
+    velocity refiner of ``refine`` steps. ``times`` and ``coefficients`` may be tensors that require grad (the
+    search differentiates through them). ``compiled`` (a ``torch.compile`` mode) runs each kind of step compiled
+    as a whole, the velocity and refiner calls included; times then enter as tensors, so one compilation
+    serves every step of that kind.
     """
-    past, kept = Past(), None
+    if "refine" in rules and refine is None:
+        raise LatentFMError("refine steps need a velocity refiner: give one (latentfm sample --refiner RUN)")
+    past, kept = Past(refine=refine), None
     for i, name in enumerate(rules):
         rule, t = RULES[name], times[i]
         v = kept if rule.reuses_kept and kept is not None else _call(velocity, x, t)
         past.starts.append((t, v))
         past.states.append(x)
         past.coefficients = None if coefficients is None else coefficients[i]
-        x, kept = rule.step(velocity, x, t, times[i + 1], v, past)
+        step, t_next = rule.step, times[i + 1]
+        if compiled:
+            step, t, t_next = compiled_step(name, compiled), _as_time(t, x), _as_time(t_next, x)
+        x, kept = step(velocity, x, t, t_next, v, past)
     return x
+
+
+def _as_time(t: Time, x: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(t, dtype=torch.float64, device=x.device)
+
+
+class _CompiledStep:
+    """A step rule under ``torch.compile``; where compilation fails (no compiler, an unsupported backend) it says
+    so in one line, once, and runs eagerly from then on."""
+
+    def __init__(self, name: str, mode: str):
+        self.name, self.step = name, RULES[name].step
+        self.compiled: Callable | None = torch.compile(self.step, mode=mode)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except (torch._dynamo.exc.TorchDynamoException, OSError) as error:
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                print(f"note: torch.compile is unavailable here ({first_line}); sampling eagerly", file=sys.stderr)
+                self.compiled = None
+        return self.step(*args)
+
+
+_COMPILED: dict[tuple[str, str], _CompiledStep] = {}
+
+
+def compiled_step(name: str, mode: str = "default") -> _CompiledStep:
+    """The compiled step rule ``name``: compiled once per process and mode, reused by every later batch."""
+    if (name, mode) not in _COMPILED:
+        _COMPILED[name, mode] = _CompiledStep(name, mode)
+    return _COMPILED[name, mode]
 
 
 def rules_nfe(rules: Sequence[str]) -> int:
@@ -191,8 +262,27 @@ def rules_nfe(rules: Sequence[str]) -> int:
     for name in rules:
         rule = RULES[name]
         calls += rule.calls - (rule.reuses_kept and kept)
-        kept = rule.step is heun_step
+        kept = rule.keeps
     return calls
+
+
+def rules_refiner_calls(rules: Sequence[str]) -> int:
+    """The number of refiner calls ``integrate`` makes with ``rules`` (per sample, without guidance)."""
+    return sum(RULES[name].refiner_calls for name in rules)
+
+
+def turbo_rules(program: str) -> list[str]:
+    """The rules of a FlowTurbo program ``H{n}P{m}R{k}``: n Heun, m pseudo-corrector and k refiner steps.
+
+    Example:
+        >>> turbo_rules("H1P2R1"), rules_nfe(turbo_rules("H1P2R1")), rules_nfe(turbo_rules("H0P3R2"))
+        (['heun', 'pc', 'pc', 'refine'], 4, 4)
+    """
+    match = re.fullmatch(r"H(\d+)P(\d+)R(\d+)", program)
+    if match is None or sum(map(int, match.groups())) == 0:
+        raise LatentFMError(f"turbo program {program!r}: write H{{n}}P{{m}}R{{k}} with n + m + k >= 1, e.g. H1P5R3")
+    n, m, k = map(int, match.groups())
+    return ["heun"] * n + ["pc"] * m + ["refine"] * k
 
 
 def solver_rules(solver: str, steps: int, skip_last: bool = False) -> list[str]:

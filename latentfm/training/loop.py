@@ -27,7 +27,7 @@ from latentfm.errors import LatentFMError, first_difference
 from latentfm.seeding import generator
 
 # Independent random streams, each seeded from (train.seed, stream, ...).
-ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE, TASK = range(8)
+ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE, TASK, REFINE = range(9)
 
 # Keys that may change when a run is resumed; any other difference is refused.
 RESUMABLE_KEYS = {
@@ -39,6 +39,7 @@ RESUMABLE_KEYS = {
     "train.out_dir",
     "train.device",
     "train.compile",
+    "refiner.teacher",  # a moved teacher is the same teacher: refiner checkpoints check its weights hash
     "sample",
     "eval",
 }

@@ -39,6 +39,8 @@ class Trainer(TrainingLoop):
     steps (``latentfm.evaluation.training_evaluation`` makes it from the ``eval`` section).
     """
 
+    checkpoint_kind = "flow"
+
     def __init__(self, config: Config, data: ImageData | None = None, make_evaluation: Callable | None = None):
         super().__init__(config)
         train = config.train
@@ -62,18 +64,11 @@ class Trainer(TrainingLoop):
             build_time_sampler(flow.t_sampler, flow.t_loc, flow.t_scale),
         )
         resumed = self.find_resume_checkpoint()
-        if resumed:
-            self.latent_norm = LatentNorm(**ckpt.read_state(resumed, "flow").latent_norm)
-        else:
-            self.latent_norm = latent_norm_for(self.autoencoder, config.autoencoder.normalize, self._moments)
+        self.latent_norm = self.initial_latent_norm(resumed)
         self.latent_shape = tuple(self.latents.batch(torch.arange(1), device=self.device)[0].shape[1:])
         torch.manual_seed(derive_seed(train.seed, INIT))
-        condition_inputs = self.task.model_inputs(self.latent_shape, tuple(self.latents.image_shape))
         self.num_classes = self.latents.num_classes if self.task.uses_labels else 0
-        self.model = build_model(
-            config.model, self.latent_shape[0], self.latent_shape[1], self.num_classes, **condition_inputs
-        )
-        self.model.to(self.device)
+        self.model = self.build_network().to(self.device)
         self.ema = EMA(self.model, train.ema_decay, train.ema_warmup)
         self.optimizer = self.adamw(self.model.parameters())
         if resumed:
@@ -86,6 +81,18 @@ class Trainer(TrainingLoop):
             self._check_samples_without_inputs(image_shape)
         self.evaluation = None if make_evaluation is None else make_evaluation(image_shape, self.device)
         self.eval_every = config.eval.every if self.evaluation is not None else 0
+
+    def initial_latent_norm(self, resumed: Path | None) -> LatentNorm:
+        """The resumed checkpoint's latent normalisation, else the autoencoder's or the data's moments."""
+        if resumed:
+            return LatentNorm(**ckpt.read_state(resumed, self.checkpoint_kind).latent_norm)
+        return latent_norm_for(self.autoencoder, self.config.autoencoder.normalize, self._moments)
+
+    def build_network(self) -> torch.nn.Module:
+        """The network this trainer trains: the flow model of the ``model`` section."""
+        condition_inputs = self.task.model_inputs(self.latent_shape, tuple(self.latents.image_shape))
+        shape = self.latent_shape
+        return build_model(self.config.model, shape[0], shape[1], self.num_classes, **condition_inputs)
 
     def _check_samples_without_inputs(self, image_shape: tuple[int, ...]) -> None:
         """Refuse before training when ``eval.every`` would ask the task for samples it never learned to make."""
@@ -159,7 +166,7 @@ class Trainer(TrainingLoop):
     def checkpoint_state(self) -> dict[str, Any]:
         """Latent normalisation, data shapes and the autoencoder's identity (to refuse other weights later)."""
         return {
-            "kind": "flow",
+            "kind": self.checkpoint_kind,
             "latent_norm": {"shift": self.latent_norm.shift, "scale": self.latent_norm.scale},
             "data": ckpt.DataShapes(
                 image_shape=list(self.latents.image_shape),

@@ -1,0 +1,143 @@
+"""Training FlowTurbo's velocity refiner against a frozen flow model (``latentfm train-refiner``).
+
+A point ``x_t`` of the teacher's own training path (its data, task, coupling and time sampler), a small step
+``Δ ~ U(0, refiner.delta_max)`` per sample, ``x' = x_t + Δ v(x_t, t)``; the refiner learns the teacher's
+``v(x', t + Δ)`` as ``v + refiner(x', t + Δ | v)`` (t + Δ kept in [0, 1]). A label dropped for a sample is
+dropped for the input velocity, the target and the refiner alike. Data, resume, EMA, torchrun and checkpoints
+are the flow trainer's; the checkpoint (kind ``refiner``) records the hash of the teacher's EMA weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from latentfm.autoencoders import LatentNorm
+from latentfm.checkpoint import read_state, resolve_checkpoint, weights_sha256
+from latentfm.condition import Condition
+from latentfm.config import Config, config_from_dict
+from latentfm.errors import LatentFMError
+from latentfm.flow import flow_matching_loss
+from latentfm.models.refiner import build_refiner
+from latentfm.pipeline import FlowPipeline
+from latentfm.seeding import generator
+from latentfm.training.loop import NOISE, REFINE
+from latentfm.training.trainer import Trainer
+
+# Sections a refiner config sets; the others (data, autoencoder, task, model, flow) are the teacher's.
+REFINER_SECTIONS = ("refiner", "optim", "train", "sample", "eval")
+
+
+def refiner_config(teacher: str | Path, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run config of a refiner: the teacher's data, autoencoder, task, model and flow, the refiner file's
+    ``refiner``, ``optim``, ``train``, ``sample`` and ``eval`` sections (and any ``data`` keys it gives, e.g. a
+    moved latent cache), then ``key=value`` overrides."""
+    directory = resolve_checkpoint(teacher)
+    values = {k: v for k, v in read_state(directory, "flow").config.items() if k not in REFINER_SECTIONS}
+    given: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise LatentFMError(f"config file {path} does not exist")
+        try:
+            given = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise LatentFMError(f"config file {path} is not valid YAML: {error}") from None
+    unknown = sorted(set(given) - {*REFINER_SECTIONS, "data"})
+    if unknown:
+        raise LatentFMError(f"refiner config {path}: section {unknown[0]} is the teacher's; give refiner, optim, train")
+    values = {**values, **{k: v for k, v in given.items() if k != "data"}}
+    values["data"] = {**values.get("data", {}), **given.get("data", {})}
+    values.setdefault("refiner", {})["teacher"] = str(teacher)
+    return config_from_dict(values, overrides)
+
+
+class RefinerTrainer(Trainer):
+    """Trains a velocity refiner (``config.refiner``) for the teacher at ``config.refiner.teacher``."""
+
+    checkpoint_kind = "refiner"
+
+    def __init__(self, config: Config):
+        if not config.refiner.teacher:
+            raise LatentFMError("refiner.teacher is not set: give --teacher RUN")
+        self.teacher = FlowPipeline.from_checkpoint(config.refiner.teacher)
+        self.teacher_hash = weights_sha256(self.teacher.model)
+        super().__init__(config)
+        self.teacher.model.to(self.device)
+        self.teacher.autocast_dtype = self.autocast_dtype
+
+    def initial_latent_norm(self, resumed: Path | None) -> LatentNorm:
+        """The teacher's: the refiner sees the teacher's latents."""
+        if resumed:
+            teacher = read_state(resumed, "refiner").teacher or {}
+            if teacher.get("weights_sha256") != self.teacher_hash:
+                raise LatentFMError(
+                    f"{self.run_dir} trains a refiner for other teacher weights ({teacher.get('checkpoint')}); "
+                    "choose a new train.out_dir"
+                )
+        return self.teacher.latent_norm
+
+    def build_network(self) -> torch.nn.Module:
+        """The refiner, checked to fit the teacher's latents and classes."""
+        if self.latent_shape != self.teacher.latent_shape or self.num_classes != self.teacher.num_classes:
+            raise LatentFMError(
+                f"the data gives latents {list(self.latent_shape)} and {self.num_classes} classes, the teacher "
+                f"{list(self.teacher.latent_shape)} and {self.teacher.num_classes}: train on the teacher's data"
+            )
+        inputs = self.task.model_inputs(self.latent_shape, tuple(self.latents.image_shape))
+        return build_refiner(
+            self.config.refiner,
+            self.config.model,
+            self.latent_shape,
+            self.num_classes,
+            inputs.get("concat_channels", 0),
+            inputs.get("concat_encoder"),
+        )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The flow trainer's state and the teacher it refines."""
+        teacher = {
+            "weights_sha256": self.teacher_hash,
+            "checkpoint": str(resolve_checkpoint(self.config.refiner.teacher)),
+        }
+        return {**super().checkpoint_state(), "teacher": teacher}
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step of the refiner on the teacher's velocities; returns the detached loss."""
+        seed, size, part = self.config.train.seed, self.config.train.batch_size, self.rank_slice()
+        batch = self.training_batch(self.step)
+        cond = self.task.training_condition(batch, self.encode)
+        noise = generator(self.device, seed, NOISE, self.step)
+        flow = self.objective(batch.x1, noise, self.task.coupling_groups(batch), size, part, self._source(cond))
+        draws = torch.rand(size, 2, generator=generator(self.device, seed, REFINE, self.step), device=self.device)
+        delta, drop = draws[part, 0] * self.config.refiner.delta_max, draws[part, 1] < self.config.refiner.label_dropout
+        cond = self._drop_labels(cond, drop)
+        t_next = (flow.t + delta).clamp(max=1.0)
+        with torch.no_grad():
+            v = self.teacher.model_velocity(flow.x_t, flow.t, cond)
+            x_next = flow.x_t + (t_next - flow.t).view(-1, *[1] * (v.ndim - 1)) * v
+            target = self.teacher.model_velocity(x_next, t_next, cond)
+        with self.autocast():
+            predicted = v + self.train_model(x_next, t_next, v, cond).float()
+        loss = flow_matching_loss(predicted, target)
+        self.optimise(loss, self.model, self.optimizer)
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        return {"loss": loss.detach()}
+
+    def _source(self, cond: Condition):
+        return lambda x0: self.task.source(cond, x0)
+
+    def _drop_labels(self, cond: Condition, drop: torch.Tensor) -> Condition:
+        """``cond`` with the null label where ``drop`` is set (the teacher's and the refiner's input alike)."""
+        if cond.labels is None:
+            return cond
+        labels = torch.where(drop, torch.full_like(cond.labels, self.num_classes), cond.labels)
+        return Condition(labels=labels, concat=cond.concat)
+
+    def pipeline(self) -> FlowPipeline:
+        """The teacher with the EMA refiner, sampling with the ``sample`` section (its turbo program)."""
+        return replace(self.teacher, refiner=self.ema.model, sampler=self.sampler)
