@@ -181,3 +181,18 @@ def test_train_refiner_command_and_its_config_sections(teacher, tmp_path, capsys
     config.write_text("model:\n  depth: 1\n")
     assert main([*args, out]) == 2
     assert "section model is the teacher's" in capsys.readouterr().err
+
+
+def test_two_process_refiner_training_matches_one_process(teacher, tmp_path):
+    """torchrun with 2 gloo ranks and half the batch each trains the refiner one process trains (labels dropped
+    per sample from the global batch's draws, whatever rank holds the sample)."""
+    from .conftest import run_torchrun
+    from .test_trainer import assert_same_tensors, weights
+
+    RefinerTrainer(refiner_config(teacher, None, [*REFINER, f"train.out_dir={tmp_path / 'one'}"])).run()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    args = ["train-refiner", "--teacher", str(teacher), "--config", str(empty), *REFINER]
+    result = run_torchrun(*args, f"train.out_dir={tmp_path / 'two'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_tensors(weights(tmp_path / "one", "model"), weights(tmp_path / "two", "model"), exact=False)

@@ -71,11 +71,11 @@ Refine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Past:
-    """What a step may use besides its start: earlier step starts and states (newest last) for multistep
-    rules, the step's ``lms`` coefficients and the velocity refiner of ``refine`` steps."""
+    """What a step may use besides its start: the earlier steps' starts and states (newest last, at most
+    ``HISTORY - 1``) for multistep rules, the step's ``lms`` coefficients and the refiner of ``refine`` steps."""
 
-    starts: deque[tuple[Time, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=HISTORY))
-    states: deque[torch.Tensor] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    starts: deque[tuple[Time, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=HISTORY - 1))
+    states: deque[torch.Tensor] = field(default_factory=lambda: deque(maxlen=HISTORY - 1))
     coefficients: Sequence[float] | torch.Tensor | None = None
     refine: Refine | None = None
 
@@ -139,29 +139,30 @@ def adams_bashforth_weights(times: Sequence[Time], t_next: Time) -> list[Time]:
     return weights
 
 
-def _adams_bashforth(order: int, x: torch.Tensor, t_next: Time, past: Past) -> torch.Tensor:
+def _adams_bashforth(order: int, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
     """Adams-Bashforth of ``order`` (lower while fewer step starts exist) on variable steps."""
-    nodes = list(reversed(past.starts))[: min(order, len(past.starts))]
+    nodes = [(t, v), *reversed(past.starts)][:order]
     weights = adams_bashforth_weights([time for time, _ in nodes], t_next)
-    return x + (t_next - nodes[0][0]) * sum(w * v for w, (_, v) in zip(weights, nodes))
+    return x + (t_next - t) * sum(w * v_j for w, (_, v_j) in zip(weights, nodes))
 
 
 def ab2_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
     """Adams-Bashforth, second order, one call."""
-    return _adams_bashforth(2, x, t_next, past), None
+    return _adams_bashforth(2, x, t, t_next, v, past), None
 
 
 def ab3_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
     """Adams-Bashforth, third order, one call."""
-    return _adams_bashforth(3, x, t_next, past), None
+    return _adams_bashforth(3, x, t, t_next, v, past), None
 
 
 def lms_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
     """A learned linear multistep step: ``sum_j a_j x_j + h sum_j c_j v_j`` (newest first), one call."""
     history = len(past.coefficients) // 2
     a, c = past.coefficients[:history], past.coefficients[history:]
-    states = sum(a_j * x_j for a_j, x_j in zip(a, reversed(past.states)))
-    return states + (t_next - t) * sum(c_j * v_j for c_j, (_, v_j) in zip(c, reversed(past.starts))), None
+    states = sum(a_j * x_j for a_j, x_j in zip(a, [x, *reversed(past.states)]))
+    velocities = [v, *(v_j for _, v_j in reversed(past.starts))]
+    return states + (t_next - t) * sum(c_j * v_j for c_j, v_j in zip(c, velocities)), None
 
 
 @dataclass(frozen=True)
@@ -211,28 +212,43 @@ def integrate(
         raise LatentFMError("refine steps need a velocity refiner: give one (latentfm sample --refiner RUN)")
     past, kept = Past(refine=refine), None
     for i, name in enumerate(rules):
-        rule, t = RULES[name], times[i]
-        v = kept if rule.reuses_kept and kept is not None else _call(velocity, x, t)
+        rule, t, t_next = RULES[name], times[i], times[i + 1]
+        v = kept if rule.reuses_kept else None
+        past.coefficients = None if coefficients is None else coefficients[i]
+        block = step_block(name)
+        if compiled:
+            block, t, t_next = compiled_block(name, compiled), _as_time(t, x), _as_time(t_next, x)
+        x_next, kept, v = block(velocity, x, t, t_next, v, past)
         past.starts.append((t, v))
         past.states.append(x)
-        past.coefficients = None if coefficients is None else coefficients[i]
-        step, t_next = rule.step, times[i + 1]
-        if compiled:
-            step, t, t_next = compiled_step(name, compiled), _as_time(t, x), _as_time(t_next, x)
-        x, kept = step(velocity, x, t, t_next, v, past)
+        x = x_next
     return x
+
+
+def step_block(name: str) -> Callable:
+    """Rule ``name`` as one block: the velocity at the start when no kept one is given, then the update;
+    returns the next state, the velocity to keep (or None) and the start velocity."""
+    step = RULES[name].step
+
+    def block(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor | None, past: Past):
+        if v is None:
+            v = _call(f, x, t)
+        x_next, kept = step(f, x, t, t_next, v, past)
+        return x_next, kept, v
+
+    return block
 
 
 def _as_time(t: Time, x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float64, device=x.device)
 
 
-class _CompiledStep:
-    """A step rule under ``torch.compile``; where compilation fails (no compiler, an unsupported backend) it says
-    so in one line, once, and runs eagerly from then on."""
+class _CompiledBlock:
+    """A step block under ``torch.compile``; where compilation fails (no compiler, an unsupported backend) it
+    says so in one line, once, and runs eagerly from then on."""
 
     def __init__(self, name: str, mode: str):
-        self.name, self.step = name, RULES[name].step
+        self.step = step_block(name)
         self.compiled: Callable | None = torch.compile(self.step, mode=mode)
 
     def __call__(self, *args):
@@ -246,13 +262,14 @@ class _CompiledStep:
         return self.step(*args)
 
 
-_COMPILED: dict[tuple[str, str], _CompiledStep] = {}
+_COMPILED: dict[tuple[str, str], _CompiledBlock] = {}
 
 
-def compiled_step(name: str, mode: str = "default") -> _CompiledStep:
-    """The compiled step rule ``name``: compiled once per process and mode, reused by every later batch."""
+def compiled_block(name: str, mode: str = "default") -> _CompiledBlock:
+    """The block of rule ``name`` compiled as a whole (velocity calls, guidance and update): once per process
+    and mode, reused by every later step and batch."""
     if (name, mode) not in _COMPILED:
-        _COMPILED[name, mode] = _CompiledStep(name, mode)
+        _COMPILED[name, mode] = _CompiledBlock(name, mode)
     return _COMPILED[name, mode]
 
 
