@@ -128,7 +128,15 @@ def cmd_encode(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     try:
         manifest, written = build_cache(
-            config, args.out, args.hflip, args.dtype, args.shard_size, args.batch_size, args.device, args.downsample
+            config,
+            args.out,
+            args.hflip,
+            args.dtype,
+            args.shard_size,
+            args.batch_size,
+            args.device,
+            args.downsample,
+            args.pixel_upsample,
         )
         if manifest is not None:
             done = f"{written} new shards on this rank" if written else "already complete, nothing encoded"
@@ -617,6 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="encode the images down-sampled F times by area: the low-resolution inputs of an upsample task "
         "(data.low_latent_cache); default 1",
+    )
+    encode.add_argument(
+        "--pixel-upsample",
+        action="store_true",
+        help="with --downsample F: bring them back to full size bicubically before encoding "
+        "(the condition of task.upsample_mode: pixel)",
     )
     encode.add_argument("--dtype", default="float32", help="stored dtype: float32 (default) or float16")
     encode.add_argument("--shard-size", type=int, default=4096, help="images per shard file (default 4096)")

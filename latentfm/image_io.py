@@ -37,6 +37,22 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
+def area_downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Float images ``[N, C, H, W]`` down-sampled ``factor`` times by area averaging (unchanged for 1)."""
+    return images if factor == 1 else torch.nn.functional.avg_pool2d(images, factor)
+
+
+def bicubic_upsample(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Float images in [-1, 1] up-sampled ``factor`` times bicubically, clamped to [-1, 1].
+
+    Example:
+        >>> bicubic_upsample(area_downsample(torch.ones(1, 1, 4, 4), 2), 2).shape
+        torch.Size([1, 1, 4, 4])
+    """
+    size = (images.shape[-2] * factor, images.shape[-1] * factor)
+    return torch.nn.functional.interpolate(images, size=size, mode="bicubic").clamp(-1, 1)
+
+
 def make_grid(images: np.ndarray, columns: int, padding: int = 1, upscale: int = 1) -> np.ndarray:
     """Tile uint8 images (N×H×W or N×H×W×C) into one uint8 image, row-major, ``columns`` per row."""
     if upscale > 1:

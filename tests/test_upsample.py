@@ -62,7 +62,7 @@ def test_bad_upsample_settings_are_one_line():
         UpsampleTask(factor=3)
     with pytest.raises(LatentFMError, match="upsample_mode='cubic'"):
         UpsampleTask(mode="cubic")
-    with pytest.raises(LatentFMError, match="needs task.upsample_low_source=image"):
+    with pytest.raises(LatentFMError, match="use task.upsample_low_source=image or cache"):
         UpsampleTask(mode="pixel", low_source="latent")
     assert UpsampleTask().unconditional(Condition(concat=torch.zeros(1)), 10) is None
 
@@ -127,8 +127,8 @@ def digit_caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("caches")
     config = root / "encode.yaml"
     config.write_text("data:\n  dataset: digits\nautoencoder:\n  kind: identity\n")
-    for name, factor in (("high", "1"), ("low", "2"), ("low4", "4")):
-        args = ["encode", "--config", str(config), "--device", "cpu", "--downsample", factor]
+    for name, factor, *extra in (("high", "1"), ("low", "2"), ("low4", "4"), ("up", "2", "--pixel-upsample")):
+        args = ["encode", "--config", str(config), "--device", "cpu", "--downsample", factor, *extra]
         assert main([*args, "--out", str(root / name)]) == 0
     return root
 
@@ -145,11 +145,13 @@ def test_a_low_resolution_cache_holds_the_images_down_sampled_by_area(digit_cach
     torch.testing.assert_close(low.batch(torch.arange(10))[0], torch.nn.functional.avg_pool2d(images, 2))
 
 
-def test_training_from_the_low_cache_sees_what_encoding_every_step_sees(digit_caches, tmp_path):
-    caches = [f"data.latent_cache={digit_caches / 'high'}", f"data.low_latent_cache={digit_caches / 'low'}"]
+@pytest.mark.parametrize("mode,cache", [("bilinear", "low"), ("pixel", "up")])
+def test_training_from_the_low_cache_sees_what_encoding_every_step_sees(digit_caches, tmp_path, mode, cache):
+    caches = [f"data.latent_cache={digit_caches / 'high'}", f"data.low_latent_cache={digit_caches / cache}"]
+    caches.append(f"task.upsample_mode={mode}")
     cached = Trainer(load_config(None, [*CACHED, *caches, f"train.out_dir={tmp_path / 'a'}"]))
-    image = [*CACHED[:-2], "model.patch_size=1", "autoencoder.normalize=none", f"train.out_dir={tmp_path / 'b'}"]
-    encoded = Trainer(load_config(None, image))
+    image = [*CACHED[:-2], "model.patch_size=1", "autoencoder.normalize=none", f"task.upsample_mode={mode}"]
+    encoded = Trainer(load_config(None, [*image, f"train.out_dir={tmp_path / 'b'}"]))
     for trainer in (cached, encoded):
         batch = trainer.training_batch(3)
         trainer.cond = trainer.task.training_condition(batch, trainer.encode)
@@ -172,6 +174,9 @@ def test_a_wrong_low_resolution_cache_is_one_line(digit_caches, tmp_path):
     for overrides, message in cases:
         with pytest.raises(LatentFMError, match=re.escape(message)):
             Trainer(load_config(None, [*overrides, f"train.out_dir={tmp_path / 'run'}"]))
+    with pytest.raises(LatentFMError, match="encode it with --downsample 2 --pixel-upsample for"):
+        up = [*CACHED, high, f"data.low_latent_cache={digit_caches / 'low'}", "task.upsample_mode=pixel"]
+        Trainer(load_config(None, [*up, f"train.out_dir={tmp_path / 'pixel'}"])).run()
     with pytest.raises(LatentFMError, match="encode it with --downsample 2 for task.upsample_factor=2"):
         low4 = [*CACHED, high, f"data.low_latent_cache={digit_caches / 'low4'}"]
         Trainer(load_config(None, [*low4, f"train.out_dir={tmp_path / 'run'}"])).run()

@@ -3,7 +3,8 @@
 Layout of a cache directory::
 
     manifest.json       what was encoded, by which autoencoder (weights hash), from which data (fingerprint),
-                        down-sampled how many times by area (``downsample``, 1: as loaded)
+                        down-sampled how many times by area (``downsample``, 1: as loaded) and whether
+                        brought back up bicubically (``pixel_upsample``)
     shard_00000.npy     latents [n, views, C, h, w]; view 1 is the left-right flipped image when ``hflip``
     labels.npy          int64 labels [N] (absent for unlabelled data)
 
@@ -38,6 +39,7 @@ IDENTITY_KEYS = (
     "dataset.fingerprint",
     "hflip",
     "downsample",
+    "pixel_upsample",
     "dtype",
     "shard_size",
     "sampling",
@@ -58,7 +60,8 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 def cache_difference(saved: dict[str, Any], header: dict[str, Any]) -> str | None:
     """The first identity key in which an existing cache differs from ``header``, with both values."""
     # caches written before --downsample existed hold the images as loaded
-    difference = first_difference({"downsample": 1, **saved}, {"downsample": 1, **header}, keys=IDENTITY_KEYS)
+    loaded = {"downsample": 1, "pixel_upsample": False}
+    difference = first_difference({**loaded, **saved}, {**loaded, **header}, keys=IDENTITY_KEYS)
     if difference is None:
         return None
     return f"{difference.key}: {difference.old!r} in the cache, {difference.new!r} now"

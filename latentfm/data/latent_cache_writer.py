@@ -29,6 +29,7 @@ from latentfm.data.latent_cache import (
 )
 from latentfm.distributed import barrier, setup_distributed
 from latentfm.errors import LatentFMError
+from latentfm.image_io import area_downsample, bicubic_upsample
 from latentfm.seeding import derive_seed
 
 
@@ -44,10 +45,12 @@ def cache_header(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     downsample: int = 1,
+    pixel_upsample: bool = False,
 ) -> dict[str, Any]:
     """The manifest of a cache before encoding: everything that identifies its contents.
 
-    ``downsample`` > 1 encodes the images down-sampled that many times by area (the upsample task's inputs).
+    ``downsample`` > 1 encodes the images down-sampled that many times by area (the upsample task's inputs);
+    ``pixel_upsample`` brings them back to full size bicubically first (its pixel-mode condition).
 
     An autoencoder that samples its posterior makes latents that also depend on the seed, the batch size
     (one draw per call) and the device type, so those are part of the identity then.
@@ -65,11 +68,15 @@ def cache_header(
         "dataset": {**data_description, "count": len(data), "fingerprint": data.fingerprint()},
         "hflip": hflip,
         "downsample": downsample,
+        "pixel_upsample": pixel_upsample,
         "dtype": dtype,
         "shard_size": shard_size,
         "sampling": sampling,
         "latent_shape": list(latent_shape),
-        "image_shape": [data.images.shape[1], *(size // downsample for size in data.images.shape[2:])],
+        "image_shape": [
+            data.images.shape[1],
+            *(size // (1 if pixel_upsample else downsample) for size in data.images.shape[2:]),
+        ],
         "num_classes": data.num_classes,
         "class_names": data.class_names,
         "complete": False,
@@ -129,7 +136,7 @@ def encode_shards(
         indices = torch.arange(shard * size, min((shard + 1) * size, len(data)))
         parts = []
         for chunk in indices.split(batch_size):
-            images = downsample(data.batch(chunk, device=device)[0], header["downsample"])
+            images = low_resolution(data.batch(chunk, device=device)[0], header)
             views = [images, images.flip(-1)] if header["hflip"] else [images]
             parts.append(torch.stack([autoencoder.encode(v).float() for v in views], dim=1).cpu())
             bar.update(len(chunk))
@@ -143,9 +150,12 @@ def encode_shards(
     return len(todo)
 
 
-def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """Images down-sampled ``factor`` times by area averaging (unchanged for 1)."""
-    return images if factor == 1 else torch.nn.functional.avg_pool2d(images, factor)
+def low_resolution(images: torch.Tensor, header: dict[str, Any]) -> torch.Tensor:
+    """What a cache of this header encodes of ``images``: down-sampled by area ``downsample`` times, and with
+    ``pixel_upsample`` brought back to full size bicubically (the upsample task's pixel-mode condition)."""
+    factor = header.get("downsample", 1)
+    low = area_downsample(images, factor)
+    return bicubic_upsample(low, factor) if header.get("pixel_upsample") else low
 
 
 def finalize_cache(directory: str | Path, data: ImageData) -> dict[str, Any]:
@@ -175,9 +185,11 @@ def build_cache(
     batch_size: int = 256,
     device: str = "auto",
     downsample_factor: int = 1,
+    pixel_upsample: bool = False,
 ) -> tuple[dict[str, Any] | None, int]:
     """Encode ``config.data`` with ``config.autoencoder`` into the cache ``out`` (what ``latentfm encode`` does);
-    with ``downsample_factor`` > 1, the images down-sampled that many times by area.
+    with ``downsample_factor`` > 1, the images down-sampled that many times by area (and, with
+    ``pixel_upsample``, brought back to full size bicubically).
 
     Resumes an unfinished cache; under ``torchrun`` the ranks share the shards. Returns the finished
     manifest (on the main rank; None on the others) and the number of shards this rank encoded.
@@ -189,7 +201,10 @@ def build_cache(
         raise LatentFMError(
             f"--downsample {downsample_factor}: must be at least 1 and divide the images' size {data.images.shape[-1]}"
         )
-    first = downsample(data.batch(torch.arange(1), device=dist.device)[0], downsample_factor)
+    if pixel_upsample and downsample_factor == 1:
+        raise LatentFMError("--pixel-upsample brings down-sampled images back up: give --downsample F too")
+    resize = {"downsample": downsample_factor, "pixel_upsample": pixel_upsample}
+    first = low_resolution(data.batch(torch.arange(1), device=dist.device)[0], resize)
     check_image_size(first.shape, autoencoder)
     with torch.no_grad():
         latent_shape = tuple(autoencoder.encode(first).shape[1:])
@@ -216,6 +231,7 @@ def build_cache(
         batch_size,
         dist.device,
         downsample_factor,
+        pixel_upsample,
     )
     # The main rank creates the manifest before the others look, so no rank sees a half-made directory.
     complete = prepare_cache(out, header) if dist.is_main else False
