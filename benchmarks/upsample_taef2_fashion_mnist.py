@@ -2,11 +2,11 @@
 32×32 → 64×64 images, 32×4×4 → 32×8×8 latents) against bicubic up-sampling and a regression model.
 
 Inputs: the first 1,000 test images at 64×64 (the recipe's resize) down-sampled ×2 by area, as the task's
-training pairs are. The regression model is the flow recipe's UNet predicting the residual from the bilinearly
-up-sampled low-resolution latent to the high-resolution latent (L2 in normalised latent space, the same cached
-pairs, the same wall-clock as the flow's training, the training loop of `benchmarks/upsample_fashion_mnist.py`).
-Also listed: TAEF2's own round trip of the originals (what any model in this latent space can at best give)
-and the flow's condition decoded (the low-resolution latent up-sampled bilinearly).
+training pairs are. The regression model is the flow recipe's UNet predicting the residual from the flow's
+condition (the recipe's up-sampled low-resolution latent) to the high-resolution latent (L2 in normalised latent
+space, the same cached pairs, the same wall-clock as the flow's training, the training loop of
+`benchmarks/upsample_fashion_mnist.py`). Also listed: TAEF2's own round trip of the originals (what any model in
+this latent space can at best give) and the flow's condition decoded.
 
 PSNR and SSIM are measured on the 64×64 RGB outputs against the 64×64 originals. FD and class accuracy use the
 in-project judge of `benchmarks/judge.py` (28×28 grey): outputs and originals are brought to grey and to 28×28 by
@@ -38,7 +38,7 @@ from benchmarks.peer_torchcfm import RESULTS
 from benchmarks.upsample_fashion_mnist import COUNT, predict, regression_model, train_regression
 from latentfm.atomic import write_bytes_atomic
 from latentfm.checkpoint import read_state, resolve_checkpoint
-from latentfm.config import config_from_dict
+from latentfm.config import Config, config_from_dict
 from latentfm.data import LatentCache, load_data_config
 from latentfm.image_io import make_grid, quantise, save_png
 from latentfm.metrics import psnr_8bit, ssim_8bit
@@ -51,32 +51,34 @@ def judged(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(images.mean(1, keepdim=True), size=(28, 28), mode="area")
 
 
-def latent_pairs(pipe: FlowPipeline, config) -> tuple:
-    """``pairs(indices)`` of the recipe's two caches: (up-sampled low latent, high latent), normalised."""
+def latent_pairs(pipe: FlowPipeline, config: Config) -> tuple:
+    """``pairs(indices)`` of the recipe's two caches: (the flow's condition, high latent), normalised."""
     high, low = LatentCache(config.data.latent_cache), LatentCache(config.data.low_latent_cache)
     norm, size = pipe.latent_norm, tuple(pipe.latent_shape[1:])
 
     def pairs(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return pipe.task.up(norm.normalize(low.batch(indices)[0]), size), norm.normalize(high.batch(indices)[0])
+        condition = pipe.task.cached_condition(norm.normalize(low.batch(indices)[0]), size)
+        return condition, norm.normalize(high.batch(indices)[0])
 
     return pairs, len(high)
 
 
+def condition(pipe: FlowPipeline, low: torch.Tensor) -> torch.Tensor:
+    """The flow's condition of low-resolution images: their latent brought up in the recipe's mode."""
+    return pipe.task.condition_of_images(None, low.to(pipe.device), pipe.encode).concat
+
+
 def regression_outputs(pipe: FlowPipeline, regression: torch.nn.Module, low: torch.Tensor) -> torch.Tensor:
-    """Encode the low-resolution images, up-sample, predict the high-resolution latent, decode."""
-    size, outputs = tuple(pipe.latent_shape[1:]), []
+    """The regression model's high-resolution latent from the flow's condition, decoded."""
     with torch.no_grad():
-        for part in low.split(250):
-            up = pipe.task.up(pipe.encode(part), size)
-            outputs.append(pipe.decode(predict(regression, up)))
+        outputs = [pipe.decode(predict(regression, condition(pipe, part))) for part in low.split(250)]
     return torch.cat(outputs).clamp(-1, 1)
 
 
 def condition_outputs(pipe: FlowPipeline, low: torch.Tensor) -> torch.Tensor:
-    """The flow's condition decoded: the low-resolution latent up-sampled bilinearly."""
-    size = tuple(pipe.latent_shape[1:])
+    """The flow's condition decoded."""
     with torch.no_grad():
-        return torch.cat([pipe.decode(pipe.task.up(pipe.encode(part), size)) for part in low.split(250)]).clamp(-1, 1)
+        return torch.cat([pipe.decode(condition(pipe, part)) for part in low.split(250)]).clamp(-1, 1)
 
 
 def round_trip(pipe: FlowPipeline, images: torch.Tensor) -> torch.Tensor:
@@ -112,7 +114,7 @@ def main() -> None:
     methods = {
         "bicubic": lambda: F.interpolate(low, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1),
         "TAEF2 round trip of the original": lambda: round_trip(pipe, images),
-        "latent bilinear (the flow's condition), decoded": lambda: condition_outputs(pipe, low),
+        f"the flow's condition ({pipe.task.mode}), decoded": lambda: condition_outputs(pipe, low),
         "regression": lambda: regression_outputs(pipe, regression, low),
     }
     for solver, nfe in (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("midpoint", 8)):

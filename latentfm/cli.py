@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from latentfm.errors import LatentFMError
+from latentfm.errors import LatentFMError, Terminated
 from latentfm.sampling.settings import DEFAULT_NFE, GIVEN_FIELDS, interval_text
 
 if TYPE_CHECKING:
@@ -817,6 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     except LatentFMError as error:
         print(f"latentfm: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("latentfm: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("latentfm: interrupted", file=sys.stderr)
         return 130

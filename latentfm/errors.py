@@ -59,3 +59,7 @@ def first_difference(
         if not _under(key, ignore) and flat_old.get(key) != flat_new.get(key):
             return Difference(key, flat_old.get(key), flat_new.get(key))
     return None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised at a safe point (a training step boundary) so that work is saved first; exit code 143."""

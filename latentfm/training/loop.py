@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from latentfm import __version__
 from latentfm import checkpoint as ckpt
 from latentfm.config import OptimConfig, config_from_dict, config_to_dict
 from latentfm.distributed import barrier, mean_across_ranks, setup_distributed
-from latentfm.errors import LatentFMError, first_difference
+from latentfm.errors import LatentFMError, Terminated, first_difference
 from latentfm.seeding import generator
 
 # Independent random streams, each seeded from (train.seed, stream, ...).
@@ -76,6 +80,34 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else None
     raise LatentFMError(f"train.precision={precision!r} is unknown; use 'auto', 'fp32' or 'bf16'")
+
+
+@contextmanager
+def stop_at_step_boundaries() -> Iterator[Callable[[], None]]:
+    """Within the block, SIGINT and SIGTERM are held until the loop calls the yielded check between two steps,
+    which raises ``KeyboardInterrupt`` or ``Terminated``: a checkpoint then never mixes two steps. A second
+    Ctrl-C stops at once. Outside the main thread signals keep their handlers."""
+    received: list[int] = []
+
+    def check() -> None:
+        if received:
+            raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+
+    def hold(signum: int, frame: Any) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt()
+        received.append(signum)
+
+    previous = {number: signal.signal(number, hold) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield check
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class TrainingLoop:
@@ -190,9 +222,12 @@ class TrainingLoop:
         if self.dist.is_main:
             print(f"resumed from {directory} at step {self.step}")
 
+    def _checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints" / f"step_{self.step:08d}"
+
     def save(self) -> Path:
         """Write a checkpoint of the current step (main rank), prune old ones, return its directory."""
-        directory = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
+        directory = self._checkpoint_dir()
         if self.dist.is_main:
             weights = {name: module.state_dict() for name, module in self.checkpoint_modules().items()}
             optimizers = {name: opt.state_dict() for name, opt in self.checkpoint_optimizers().items()}
@@ -243,34 +278,47 @@ class TrainingLoop:
     def run(self, until_step: int | None = None) -> Path:
         """Train to ``train.steps`` (or stop early at ``until_step``); returns the last checkpoint.
 
-        An interrupted single-process run (Ctrl-C) saves a checkpoint of the step it reached first.
+        An interrupted single-process run (SIGINT, or SIGTERM as ``Terminated``; both take effect between two
+        steps) saves a checkpoint of the step it reached first. A run whose checkpoint of the last step exists
+        already is left alone (its files untouched).
         """
         train = self.config.train
         first, last = self.step, min(train.steps, until_step or train.steps)
+        if self.step >= last and self._checkpoint_dir().is_dir():
+            return self._checkpoint_dir()
         bar = tqdm(total=last, initial=self.step, desc="training", disable=not self.dist.is_main)
-        sums: dict[str, torch.Tensor] = {}
-        window, clock = 0, time.perf_counter()
         try:
-            while self.step < last:
-                for name, value in self.train_step().items():
-                    sums[name] = sums.get(name, 0.0) + value
-                window += 1
-                bar.update(1)
-                if self.step % train.log_every == 0 or self.step == last:
-                    self._log(sums, window, time.perf_counter() - clock, bar)
-                    sums, window, clock = {}, 0, time.perf_counter()
-                if train.sample_every and self.step % train.sample_every == 0 and self.dist.is_main:
-                    self.save_samples()
-                if self.eval_every and self.step % self.eval_every == 0 and self.dist.is_main:
-                    start = time.perf_counter()
-                    self._append_metrics({"step": self.step, **self.evaluate()})
-                    clock += time.perf_counter() - start  # keep evaluation out of images_per_s
-                if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step != last:
-                    self.save()
+            with stop_at_step_boundaries() as check:
+                self._loop(last, bar, check)
         except KeyboardInterrupt:
             if self.dist.world_size == 1 and self.step > first:
-                print(f"\ninterrupted: saved {self.save()}")
+                saved = self._checkpoint_dir()
+                print(f"\ninterrupted: saved {saved if saved.is_dir() else self.save()}")
             raise
         finally:
             bar.close()
         return self.save()
+
+    def _loop(self, last: int, bar: tqdm, check: Callable[[], None]) -> None:
+        """Steps up to ``last`` with their logs, grids, evaluations and periodic checkpoints; ``check`` raises
+        between steps when a stop signal came."""
+        train = self.config.train
+        sums: dict[str, torch.Tensor] = {}
+        window, clock = 0, time.perf_counter()
+        while self.step < last:
+            for name, value in self.train_step().items():
+                sums[name] = sums.get(name, 0.0) + value
+            window += 1
+            bar.update(1)
+            if self.step % train.log_every == 0 or self.step == last:
+                self._log(sums, window, time.perf_counter() - clock, bar)
+                sums, window, clock = {}, 0, time.perf_counter()
+            if train.sample_every and self.step % train.sample_every == 0 and self.dist.is_main:
+                self.save_samples()
+            if self.eval_every and self.step % self.eval_every == 0 and self.dist.is_main:
+                start = time.perf_counter()
+                self._append_metrics({"step": self.step, **self.evaluate()})
+                clock += time.perf_counter() - start  # keep evaluation out of images_per_s
+            if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step != last:
+                self.save()
+            check()

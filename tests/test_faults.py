@@ -1,0 +1,112 @@
+"""Faults: a finished run is left alone; SIGTERM and SIGINT save and exit 143 and 130; SIGKILL at random moments
+loses no more than the steps since the last checkpoint, and the resumed run ends bit-identical to an
+uninterrupted one (a fast version of benchmarks/faults.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentfm import checkpoint as ckpt
+from latentfm.config import load_config
+from latentfm.training.trainer import Trainer
+
+from .conftest import TINY
+
+FAULTY = [*TINY, "train.steps=30", "train.checkpoint_every=3", "train.log_every=1", "model.class_dropout=0.1"]
+
+
+def train_command(run: Path, *extra: str) -> list[str]:
+    """``latentfm train`` of the faulty recipe into ``run`` (an empty config file beside it, overrides after)."""
+    config = run.parent / "empty.yaml"
+    config.write_text("")
+    return [
+        sys.executable,
+        "-m",
+        "latentfm.cli",
+        "train",
+        "--config",
+        str(config),
+        *FAULTY,
+        f"train.out_dir={run}",
+        *extra,
+    ]
+
+
+def start(run: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(train_command(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def logged(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
+def wait_for_steps(run: Path, process: subprocess.Popen, steps: int, timeout: float = 120) -> None:
+    """Until ``metrics.jsonl`` logs ``steps`` more steps (one line per step here) or the process ends."""
+    deadline, target = time.monotonic() + timeout, logged(run) + steps
+    while time.monotonic() < deadline and process.poll() is None and logged(run) < target:
+        time.sleep(0.05)
+
+
+def final_weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    directory = ckpt.resolve_checkpoint(run)
+    return {name: ckpt.read_tensors(directory, name) for name in ("model", "ema")}
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        assert all(torch.equal(a[name][key], b[name][key]) for key in a[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    run = tmp_path_factory.mktemp("straight") / "run"
+    Trainer(load_config(None, [*FAULTY, f"train.out_dir={run}"])).run()
+    return final_weights(run)
+
+
+def test_rerunning_a_finished_run_leaves_its_files_alone(tmp_path):
+    run = tmp_path / "run"
+    config = load_config(None, [*TINY, "train.steps=4", "train.checkpoint_every=2", f"train.out_dir={run}"])
+    last = Trainer(config).run()
+    before = {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    assert Trainer(config).run() == last
+    assert subprocess.run(train_command(run, "train.steps=4", "train.checkpoint_every=2")).returncode == 0
+    assert {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_save_a_checkpoint_and_the_run_resumes_exactly(tmp_path, uninterrupted, signum, code):
+    run = tmp_path / "run"
+    process = start(run)
+    wait_for_steps(run, process, 4)
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == code, process.stderr.read()[-2000:]
+    saved = ckpt.read_state(ckpt.resolve_checkpoint(run)).step
+    assert 4 <= saved < 30
+    assert subprocess.run(train_command(run)).returncode == 0
+    assert_identical(final_weights(run), uninterrupted)
+
+
+def test_sigkill_at_random_moments_then_rerunning_ends_bit_identical(tmp_path, uninterrupted):
+    run, draw = tmp_path / "run", random.Random(0)
+    for _ in range(3):
+        process = start(run)
+        wait_for_steps(run, process, 2)
+        time.sleep(draw.uniform(0.0, 1.5))
+        process.kill()
+        process.wait(timeout=60)
+        assert not [p for p in (run / "checkpoints").glob("step_*") if not (p / "state.json").is_file()]
+    assert subprocess.run(train_command(run)).returncode == 0
+    assert_identical(final_weights(run), uninterrupted)
