@@ -56,6 +56,7 @@ class CheckpointState:
     teacher: dict[str, Any] | None = None  # refiner checkpoints: the teacher's weights hash and checkpoint
     param_groups: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient, up to this step
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -476,10 +476,14 @@ def cmd_search_schedule(args: argparse.Namespace) -> None:
     from latentfm.sampling import search_schedule
 
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
-    velocity, x0 = pipe.velocity(pipe.cycled_labels(args.n), args.cfg, n=args.n), pipe.source(args.n, args.seed)
+    interval = pipe.sampler.with_given(guidance_interval=args.guidance_interval).guidance_interval
+    velocity = pipe.velocity(pipe.cycled_labels(args.n), args.cfg, interval, n=args.n)
+    x0 = pipe.source(args.n, args.seed)
     start = time.perf_counter()
     schedule = search_schedule(velocity, x0, nfe=args.nfe, iterations=args.iterations, progress=True)
-    schedule.info.update(checkpoint=str(args.checkpoint), cfg=args.cfg, seed=args.seed)
+    schedule.info.update(
+        checkpoint=str(args.checkpoint), cfg=args.cfg, guidance_interval=interval_text(interval), seed=args.seed
+    )
     schedule.info["search_seconds"] = round(time.perf_counter() - start, 1)
     schedule.save(args.out)
     info = schedule.info
@@ -700,6 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--out", required=True, help="JSON file to write, e.g. runs/x/schedule_nfe8.json")
     search.add_argument("--n", type=int, default=256, help="calibration samples (default 256)")
     search.add_argument("--cfg", type=float, default=1.0, help="guidance weight the schedule is tuned for")
+    search.add_argument(
+        "--guidance-interval",
+        metavar="LOW,HIGH",
+        help="guide only for t in [LOW, HIGH] while tuning, or all (default: the checkpoint's sample section)",
+    )
     search.add_argument("--seed", type=int, default=1000, help="seed of the calibration noise (default 1000)")
     search.add_argument("--iterations", type=int, default=100, help="L-BFGS iterations per program (default 100)")
     search.add_argument("--device", default="auto", help="auto, cpu or cuda")

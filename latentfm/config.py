@@ -233,6 +233,7 @@ class TrainConfig:
     sample_every: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    max_nonfinite_steps: int = 10  # non-finite steps in a row (skipped) before the run stops; 0: never stops
 
 
 @dataclass

@@ -110,3 +110,38 @@ def test_sigkill_at_random_moments_then_rerunning_ends_bit_identical(tmp_path, u
         assert not [p for p in (run / "checkpoints").glob("step_*") if not (p / "state.json").is_file()]
     assert subprocess.run(train_command(run)).returncode == 0
     assert_identical(final_weights(run), uninterrupted)
+
+
+def test_a_non_finite_step_is_skipped_counted_and_too_many_stop_the_run(tmp_path, monkeypatch):
+    from latentfm.errors import LatentFMError
+    from latentfm.training import trainer as trainer_module
+
+    poisoned: set[int] = set()
+    loss = trainer_module.flow_matching_loss
+
+    def flow_matching_loss(*args, **kwargs):
+        value = loss(*args, **kwargs)
+        return value * float("nan") if current.step in poisoned else value
+
+    monkeypatch.setattr(trainer_module, "flow_matching_loss", flow_matching_loss)
+    overrides = [*TINY, "train.steps=4", "train.checkpoint_every=2", f"train.out_dir={tmp_path / 'run'}"]
+    current = Trainer(load_config(None, overrides))
+    current.run(until_step=2)
+    before = {
+        name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in current.checkpoint_modules().items()
+    }
+    optimizer_before = {k: v.clone() for k, v in current.optimizer.state_dict()["state"][0].items()}
+    poisoned.add(2)
+    current.train_step()
+    for name, module in current.checkpoint_modules().items():
+        assert all(torch.equal(before[name][k], v) for k, v in module.state_dict().items()), name
+    assert all(torch.equal(optimizer_before[k], v) for k, v in current.optimizer.state_dict()["state"][0].items())
+    assert current.skipped_steps == 1 and current.step == 3
+    current.run()
+    assert ckpt.read_state(ckpt.resolve_checkpoint(tmp_path / "run")).skipped_steps == 1
+    assert Trainer(load_config(None, [*overrides, "train.steps=6"])).skipped_steps == 1  # a resume keeps the count
+    current = Trainer(load_config(None, [*overrides, "train.steps=10", "train.max_nonfinite_steps=3"]))
+    poisoned.update(range(4, 10))
+    with pytest.raises(LatentFMError, match="3 training steps in a row had a non-finite loss"):
+        current.run()
+    assert ckpt.read_state(ckpt.resolve_checkpoint(tmp_path / "run")).step == 6  # the last good checkpoint stays

@@ -126,10 +126,11 @@ class AutoencoderTrainer(TrainingLoop):
         if gan_on:
             losses["generator"] = self._generator_loss(reconstruction)
             total = total + loss_cfg.gan_weight * losses["generator"]
-        self.optimise(total, self.model, self.optimizer)
+        updated = self.optimise(total, self.model, self.optimizer)
         if gan_on:
             losses["discriminator"] = self._discriminator_step(x, reconstruction.detach())
-        self.ema.update(self.model, self.step)
+        if updated:
+            self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": total.detach(), **{name: value.detach() for name, value in losses.items()}}
 

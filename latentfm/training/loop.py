@@ -43,6 +43,7 @@ RESUMABLE_KEYS = {
     "train.out_dir",
     "train.device",
     "train.compile",
+    "train.max_nonfinite_steps",
     "refiner.teacher",  # a moved teacher is the same teacher: refiner checkpoints check its weights hash
     "sample",
     "eval",
@@ -125,6 +126,8 @@ class TrainingLoop:
         self.local_batch = train.batch_size // self.dist.world_size
         self.autocast_dtype = resolve_precision(train.precision, self.device)
         self.step = 0
+        self.skipped_steps = 0  # steps whose update was skipped for a non-finite loss or gradient (all time)
+        self.nonfinite_in_row = 0
         self.eval_every = 0  # steps between calls of ``evaluate`` (0: never)
         self._order: tuple[int, torch.Tensor] | None = None
 
@@ -148,15 +151,34 @@ class TrainingLoop:
         fused = self.device.type == "cuda"
         return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
 
-    def optimise(self, loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """One update of ``model``: this step's learning rate, backward, gradient clipping, step."""
+    def optimise(self, loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        """One update of ``model``: this step's learning rate, backward, gradient clipping, step. A non-finite
+        loss (on any rank) or gradient skips the update (weights and optimizer state untouched) and is counted
+        in ``skipped_steps``; ``train.max_nonfinite_steps`` of them in a row stop the run with one line, the last
+        checkpoint kept. Returns whether the weights were updated (the caller updates its EMA only then)."""
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step)
         loss.backward()
-        if self.config.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
-        optimizer.step()
+        clip = self.config.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
+        finite_loss = float(mean_across_ranks(torch.isfinite(loss.detach()).float())) == 1  # every rank calls it
+        finite = finite_loss and bool(torch.isfinite(norm))
+        if finite:
+            optimizer.step()
+            self.nonfinite_in_row = 0
+        else:
+            self.skipped_steps += 1
+            self.nonfinite_in_row += 1
         optimizer.zero_grad(set_to_none=True)
+        limit = self.config.train.max_nonfinite_steps
+        if limit and self.nonfinite_in_row >= limit:
+            kept = ckpt.list_checkpoints(self.run_dir)
+            raise LatentFMError(
+                f"{self.nonfinite_in_row} training steps in a row had a non-finite loss or gradient (up to step "
+                f"{self.step}); stopped, keeping {kept[-1] if kept else 'no checkpoint'}: lower optim.lr, set "
+                "optim.grad_clip or check the data"
+            )
+        return finite
 
     # -- stateless batches ---------------------------------------------------------------------------
 
@@ -218,7 +240,8 @@ class TrainingLoop:
             module.load_state_dict(ckpt.read_tensors(directory, name))
         for name, optimizer in self.checkpoint_optimizers().items():
             optimizer.load_state_dict(ckpt.read_optimizer(directory, name))
-        self.step = ckpt.read_state(directory).step
+        state = ckpt.read_state(directory)
+        self.step, self.skipped_steps = state.step, state.skipped_steps
         if self.dist.is_main:
             print(f"resumed from {directory} at step {self.step}")
 
@@ -237,6 +260,7 @@ class TrainingLoop:
                 config=config_to_dict(self.config),
                 version=__version__,
                 rng={"scheme": "stateless: step s draws from (seed, stream, s[, rank])", "seed": train_seed},
+                skipped_steps=self.skipped_steps,
                 **self.checkpoint_state(),
             )
             ckpt.save_checkpoint(directory, weights, optimizers, state)
@@ -264,6 +288,7 @@ class TrainingLoop:
         for name, total in sums.items():
             record[name] = float(mean_across_ranks(total / window))
         record["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step - 1)
+        record["skipped_steps"] = self.skipped_steps
         record["images_per_s"] = window * self.config.train.batch_size / seconds
         if self.dist.is_main:
             self._append_metrics(record)

@@ -123,8 +123,8 @@ class RefinerTrainer(Trainer):
         with self.autocast():
             predicted = v + self.train_model(x_next, t_next, v, cond).float()
         loss = flow_matching_loss(predicted, target)
-        self.optimise(loss, self.model, self.optimizer)
-        self.ema.update(self.model, self.step)
+        if self.optimise(loss, self.model, self.optimizer):
+            self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": loss.detach()}
 

@@ -226,8 +226,8 @@ class Trainer(TrainingLoop):
         with self.autocast():
             predicted = self.train_model(flow.x_t, flow.t, cond)
         loss = flow_matching_loss(predicted, flow.u_t)
-        self.optimise(loss, self.model, self.optimizer)
-        self.ema.update(self.model, self.step)
+        if self.optimise(loss, self.model, self.optimizer):
+            self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": loss.detach()}
 
