@@ -145,3 +145,23 @@ def test_a_non_finite_step_is_skipped_counted_and_too_many_stop_the_run(tmp_path
     with pytest.raises(LatentFMError, match="3 training steps in a row had a non-finite loss"):
         current.run()
     assert ckpt.read_state(ckpt.resolve_checkpoint(tmp_path / "run")).step == 6  # the last good checkpoint stays
+
+
+def test_a_folder_of_grey_images_trains_a_one_channel_model_and_says_so(tmp_path, capsys):
+    from PIL import Image
+
+    from latentfm.data import load_dataset
+
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L").save(folder / f"{i}.png")
+    data = load_dataset("folder", str(folder))
+    assert data.images.shape[1] == 1 and "images in" in data.notes[0] and "1-channel" in data.notes[0]
+    Image.fromarray((torch.rand(8, 8, 3) * 255).byte().numpy(), mode="RGB").save(folder / "colour.png")
+    assert load_dataset("folder", str(folder)).images.shape[1] == 3
+    assert load_dataset("folder", str(folder), channels=1).notes == []
+    overrides = ["data.dataset=folder", f"data.path={folder}", *TINY[1:], "train.batch_size=4", "train.steps=1"]
+    (folder / "colour.png").unlink()
+    Trainer(load_config(None, [*overrides, f"train.out_dir={tmp_path / 'run'}"])).run()
+    assert "1-channel model" in capsys.readouterr().out

@@ -16,7 +16,7 @@ On the command line a dataset is named by ``latentfm.cli.dataset_config`` (``--d
 import gzip
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ class ImageData:
     class_names: list[str]
     skipped: int = 0
     maps: torch.Tensor | None = None  # uint8 class-id maps [N, 1, H, W] (``data.maps_path``)
+    notes: list[str] = field(default_factory=list)  # what loading decided that the user should hear
 
     def __len__(self) -> int:
         """Number of images."""
@@ -127,7 +128,7 @@ def load_dataset(
     elif kind == "idx":
         data = _load_idx_dir(Path(path or DEFAULT_IDX_PATH), split)
     elif kind == "folder":
-        data = _load_folder(path, split, image_size, channels or 3, skip_corrupt, maps_path)
+        data = _load_folder(path, split, image_size, channels, skip_corrupt, maps_path)
     elif kind == "npz":
         data = _load_npz(path, split)
     else:
@@ -251,10 +252,15 @@ def _idx_class_names(root: Path, num_labels: int) -> list[str]:
 
 
 def _load_folder(
-    path: str | None, split: str, image_size: int | None, channels: int, skip_corrupt: bool, maps_path: str | None
+    path: str | None,
+    split: str,
+    image_size: int | None,
+    channels: int | None,
+    skip_corrupt: bool,
+    maps_path: str | None,
 ) -> ImageData:
     """Images of a folder: one class per sub-directory holding images, else unlabelled; with ``maps_path``, the
-    map of each image."""
+    map of each image. Without ``channels`` the images decide: 1 when every one is grey, else 3."""
     if path is None or not Path(path).is_dir():
         raise LatentFMError(f"image folder {path} not found: set data.path to a directory of images")
     if split == "test":
@@ -269,6 +275,11 @@ def _load_folder(
         files = [(f, -1) for f in _image_files(root)]
     if not files:
         raise LatentFMError(f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    notes = []
+    if channels is None:
+        channels = _folder_channels([file for file, _ in files])
+        kind = "grey: a 1-channel" if channels == 1 else "in colour (some or all): a 3-channel"
+        notes.append(f"data.channels is not set and the images in {root} are {kind} model (set data.channels)")
     arrays, labels, read = [], [], []
     for file, label in files:
         array = _read_image(file, PIL_MODES[channels], image_size, skip_corrupt)
@@ -286,7 +297,30 @@ def _load_folder(
         maps = load_maps([Path(maps_path, f.relative_to(root)).with_suffix(".png") for f in read], image_size)
         if maps.shape[-2:] != images.shape[-2:]:
             raise LatentFMError(f"maps in {maps_path} are {tuple(maps.shape[-2:])}, images {tuple(images.shape[-2:])}")
-    return ImageData(images, label_tensor, len(names), names, skipped=len(files) - len(arrays), maps=maps)
+    skipped = len(files) - len(arrays)
+    return ImageData(images, label_tensor, len(names), names, skipped=skipped, maps=maps, notes=notes)
+
+
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def _folder_channels(files: list[Path]) -> int:
+    """1 when every readable image is grey (by its Pillow mode, read from the header only), else 3."""
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                grey = img.mode in GREY_MODES or (img.mode == "P" and _grey_palette(img))
+        except (OSError, ValueError):
+            continue  # unreadable files are reported (or skipped) when the images are read
+        if not grey:
+            return 3
+    return 1
+
+
+def _grey_palette(img: Image.Image) -> bool:
+    """Whether a palette image's colours are all grey."""
+    palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    return bool((palette == palette[:, :1]).all())
 
 
 def _image_files(directory: Path) -> list[Path]:

@@ -114,8 +114,9 @@ class Trainer(TrainingLoop):
             return build_autoencoder(spec, image_channels=cache.image_shape[0]).to(self.device), cache
         if data is None:
             data = load_data_config(self.config.data)
-        if data.skipped and self.dist.is_main:
-            print(f"skipped {data.skipped} unreadable image files")
+        if self.dist.is_main:
+            for note in data.notes + ([f"skipped {data.skipped} unreadable image files"] if data.skipped else []):
+                print(note)
         autoencoder = build_autoencoder(spec, image_channels=data.images.shape[1]).to(self.device)
         return autoencoder, EncodedImages(data, autoencoder)
 
