@@ -10,6 +10,13 @@ from torch import nn
 from latentfm.condition import Condition
 
 
+@torch.compiler.disable
+def count_passes(counter: GuidedVelocity | GuidedRefiner, passes: int) -> None:
+    """Add ``passes`` to ``counter.network_passes``, outside any compiled graph (a traced count would recompile
+    the graph at every call)."""
+    counter.network_passes += passes
+
+
 class GuidedVelocity:
     """``v = v_uncond + w (v_cond - v_uncond)`` on all channels, in one batched model call.
 
@@ -48,9 +55,9 @@ class GuidedVelocity:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self.guided_at(t):
-            self.network_passes += 1
+            count_passes(self, 1)
             return self.model(x, t, self.cond)
-        self.network_passes += 2
+        count_passes(self, 2)
         both = self.cond.cat(self.uncond)
         v_cond, v_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return v_uncond + self.cfg_scale * (v_cond - v_uncond)
@@ -70,9 +77,9 @@ class GuidedRefiner:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         guide = self.velocity
         if not guide.guided_at(t):
-            self.network_passes += 1
+            count_passes(self, 1)
             return v + self.refiner(x, t, v, guide.cond)
-        self.network_passes += 2
+        count_passes(self, 2)
         both = guide.cond.cat(guide.uncond)
         delta_cond, delta_uncond = self.refiner(torch.cat([x, x]), torch.cat([t, t]), torch.cat([v, v]), both).chunk(2)
         return v + delta_uncond + guide.cfg_scale * (delta_cond - delta_uncond)

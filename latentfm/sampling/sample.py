@@ -37,8 +37,13 @@ class _Counting:
         self.function, self.calls = function, 0
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        self.count()
         return self.function(*args)
+
+    @torch.compiler.disable
+    def count(self) -> None:
+        """One more call; outside any compiled graph (traced, a changing count would recompile it every call)."""
+        self.calls += 1
 
 
 def _steps_for_budget(solver: str, nfe: int, skip_last: bool) -> tuple[int, str]:
