@@ -1,0 +1,84 @@
+"""Untrusted files: a crafted pickle (a .pth, a .pt, or one hidden in a checkpoint directory) is refused without
+running its code; a safetensors header that lies about its tensors is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+
+import pytest
+import torch
+
+from latentfm.autoencoders.taesd import load_tiny_autoencoder
+from latentfm.cli import main
+from latentfm.config import load_config
+from latentfm.errors import LatentFMError
+from latentfm.metrics.inception import load_inception
+from latentfm.pipeline import FlowPipeline
+from latentfm.training.trainer import Trainer
+
+from .conftest import TINY
+
+
+class Payload:
+    """Unpickling this creates ``marker``: proof that the file's code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def crafted(path, marker) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump({"0.weight": Payload(str(marker))}, handle)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt"])
+def test_a_crafted_pickle_is_refused_without_running_its_code(tmp_path, suffix):
+    marker, weights = tmp_path / "ran", tmp_path / f"evil{suffix}"
+    crafted(weights, marker)
+    with pytest.raises(LatentFMError, match="cannot read TAESD encoder weights"):
+        load_tiny_autoencoder(weights, weights)
+    with pytest.raises(LatentFMError, match="is not the FID InceptionV3 weights file"):
+        load_inception(weights)
+    assert not marker.exists()
+    with open(weights, "rb") as handle:  # the file is a real attack: plain unpickling runs it
+        pickle.load(handle)
+    assert marker.exists()
+
+
+def test_a_pickle_hidden_in_a_checkpoint_directory_is_never_loaded(tmp_path, capsys):
+    run, marker = tmp_path / "run", tmp_path / "ran"
+    Trainer(load_config(None, [*TINY, "train.steps=2", f"train.out_dir={run}"])).run()
+    checkpoint = next((run / "checkpoints").iterdir())
+    for name in ("model.pt", "optimizer.pth", "ema.bin", "state.pkl"):
+        crafted(checkpoint / name, marker)
+    FlowPipeline.from_checkpoint(run)
+    args = ["sample", "--checkpoint", str(run), "--labels", "0", "--n", "1", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    Trainer(load_config(None, [*TINY, "train.steps=3", f"train.out_dir={run}"])).run()  # resumes from it
+    assert not marker.exists()
+
+
+def test_a_safetensors_header_that_lies_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    Trainer(load_config(None, [*TINY, "train.steps=2", f"train.out_dir={run}"])).run()
+    weights = next((run / "checkpoints").iterdir()) / "ema.safetensors"
+    data = weights.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + size])
+    name = next(key for key in header if key != "__metadata__")
+    header[name]["shape"] = [dim * 1000 for dim in header[name]["shape"]]  # more bytes than the file holds
+    text = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size :])
+    args = ["sample", "--checkpoint", str(run), "--labels", "0", "--n", "1", "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert "ema.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(LatentFMError):
+        FlowPipeline.from_checkpoint(run)
+    assert torch.__version__  # torch stayed importable and nothing else ran
