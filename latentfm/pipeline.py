@@ -150,14 +150,7 @@ class FlowPipeline:
             )
         config = config_from_dict(state.config)
         inputs = self.task.model_inputs(self.latent_shape, self.image_shape)
-        refiner = build_refiner(
-            config.refiner,
-            config.model,
-            self.latent_shape,
-            self.num_classes,
-            inputs.get("concat_channels", 0),
-            inputs.get("concat_encoder"),
-        )
+        refiner = build_refiner(config.refiner, config.model, self.latent_shape, self.num_classes, **inputs)
         refiner.load_state_dict(read_tensors(directory, "ema"))
         return replace(self, refiner=refiner.to(self.device).eval().requires_grad_(False))
 

@@ -80,10 +80,11 @@ def build_refiner(
     teacher: ModelConfig,
     latent_shape: tuple[int, ...],
     num_classes: int,
-    task_concat_channels: int = 0,
-    task_concat_encoder: nn.Module | None = None,
+    concat_channels: int = 0,
+    concat_encoder: nn.Module | None = None,
 ) -> VelocityRefiner:
-    """The refiner of a teacher trained on ``latent_shape`` with ``num_classes`` and the task's inputs.
+    """The refiner of a teacher trained on ``latent_shape`` with ``num_classes`` and the task's inputs (the
+    ``model_inputs`` keywords a task gives ``build_model``).
 
     Example:
         >>> from latentfm.config import ModelConfig, RefinerConfig
@@ -92,7 +93,7 @@ def build_refiner(
         >>> refiner(x, torch.zeros(3), x, Condition(labels=torch.zeros(3, dtype=torch.long))).abs().max().item()
         0.0
     """
-    if task_concat_encoder is not None:
+    if concat_encoder is not None:
         raise LatentFMError("velocity refiners take tasks with plain concatenated inputs, not a semantic-map encoder")
     if refiner.delta_max <= 0 or refiner.delta_max > 1 or not 0 <= refiner.label_dropout < 1:
         raise LatentFMError(
@@ -100,6 +101,4 @@ def build_refiner(
             f"{refiner.label_dropout} in [0, 1)"
         )
     channels, size = latent_shape[0], latent_shape[1]
-    return VelocityRefiner(
-        refiner_network(refiner, teacher, channels, size, num_classes, channels + task_concat_channels)
-    )
+    return VelocityRefiner(refiner_network(refiner, teacher, channels, size, num_classes, channels + concat_channels))

@@ -24,6 +24,7 @@ Times are python floats (float64 arithmetic); the state keeps the dtype of ``x``
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections import deque
@@ -225,6 +226,7 @@ def integrate(
     return x
 
 
+@functools.cache
 def step_block(name: str) -> Callable:
     """Rule ``name`` as one block: the velocity at the start when no kept one is given, then the update;
     returns the next state, the velocity to keep (or None) and the start velocity."""

@@ -161,8 +161,8 @@ class TrainingLoop:
         loss.backward()
         clip = self.config.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
-        finite_loss = float(mean_across_ranks(torch.isfinite(loss.detach()).float())) == 1  # every rank calls it
-        finite = finite_loss and bool(torch.isfinite(norm))
+        # One device sync per step: every rank's loss and the (all-reduced, so shared) gradient norm in one flag.
+        finite = float(mean_across_ranks((torch.isfinite(loss.detach()) & torch.isfinite(norm)).float())) == 1
         if finite:
             optimizer.step()
             self.nonfinite_in_row = 0

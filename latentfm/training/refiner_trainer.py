@@ -25,7 +25,7 @@ from latentfm.flow import flow_matching_loss
 from latentfm.models.refiner import build_refiner
 from latentfm.pipeline import FlowPipeline
 from latentfm.seeding import generator
-from latentfm.training.loop import NOISE, REFINE
+from latentfm.training.loop import REFINE
 from latentfm.training.trainer import Trainer
 
 # Sections a refiner config sets; the others (data, autoencoder, task, model, flow) are the teacher's.
@@ -88,14 +88,7 @@ class RefinerTrainer(Trainer):
                 f"{list(self.teacher.latent_shape)} and {self.teacher.num_classes}: train on the teacher's data"
             )
         inputs = self.task.model_inputs(self.latent_shape, tuple(self.latents.image_shape))
-        return build_refiner(
-            self.config.refiner,
-            self.config.model,
-            self.latent_shape,
-            self.num_classes,
-            inputs.get("concat_channels", 0),
-            inputs.get("concat_encoder"),
-        )
+        return build_refiner(self.config.refiner, self.config.model, self.latent_shape, self.num_classes, **inputs)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The flow trainer's state and the teacher it refines."""
@@ -107,13 +100,11 @@ class RefinerTrainer(Trainer):
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step of the refiner on the teacher's velocities; returns the detached loss."""
-        seed, size, part = self.config.train.seed, self.config.train.batch_size, self.rank_slice()
-        batch = self.training_batch(self.step)
-        cond = self.task.training_condition(batch, self.encode)
-        noise = generator(self.device, seed, NOISE, self.step)
-        flow = self.objective(batch.x1, noise, self.task.coupling_groups(batch), size, part, self._source(cond))
-        draws = torch.rand(size, 2, generator=generator(self.device, seed, REFINE, self.step), device=self.device)
-        delta, drop = draws[part, 0] * self.config.refiner.delta_max, draws[part, 1] < self.config.refiner.label_dropout
+        cond, flow = self.path_batch()
+        size, part = self.config.train.batch_size, self.rank_slice()
+        draws = generator(self.device, self.config.train.seed, REFINE, self.step)
+        draws = torch.rand(size, 2, generator=draws, device=self.device)[part]
+        delta, drop = draws[:, 0] * self.config.refiner.delta_max, draws[:, 1] < self.config.refiner.label_dropout
         cond = self._drop_labels(cond, drop)
         t_next = (flow.t + delta).clamp(max=1.0)
         with torch.no_grad():
@@ -122,14 +113,7 @@ class RefinerTrainer(Trainer):
             target = self.teacher.model_velocity(x_next, t_next, cond)
         with self.autocast():
             predicted = v + self.train_model(x_next, t_next, v, cond).float()
-        loss = flow_matching_loss(predicted, target)
-        if self.optimise(loss, self.model, self.optimizer):
-            self.ema.update(self.model, self.step)
-        self.step += 1
-        return {"loss": loss.detach()}
-
-    def _source(self, cond: Condition):
-        return lambda x0: self.task.source(cond, x0)
+        return self.finish_step(flow_matching_loss(predicted, target))
 
     def _drop_labels(self, cond: Condition, drop: torch.Tensor) -> Condition:
         """``cond`` with the null label where ``drop`` is set (the teacher's and the refiner's input alike)."""

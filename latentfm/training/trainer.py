@@ -16,11 +16,12 @@ import torch
 from latentfm import checkpoint as ckpt
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity, latent_norm_for
+from latentfm.condition import Condition
 from latentfm.config import Config
 from latentfm.data import EncodedImages, ImageData, LatentCache, load_data_config
 from latentfm.data.latent_cache import check_cache_autoencoder
 from latentfm.errors import LatentFMError
-from latentfm.flow import FlowObjective, build_coupling, build_path, build_time_sampler, flow_matching_loss
+from latentfm.flow import FlowObjective, FlowSample, build_coupling, build_path, build_time_sampler, flow_matching_loss
 from latentfm.image_io import save_grid
 from latentfm.models.build import build_model
 from latentfm.pipeline import FlowPipeline
@@ -215,22 +216,29 @@ class Trainer(TrainingLoop):
             seeds=[derive_seed(seed, TASK, step, row) for row in rows] if self.task.needs_images else None,
         )
 
-    def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns the detached loss."""
+    def path_batch(self) -> tuple[Condition, FlowSample]:
+        """This step's condition and its points on the path (the task's source, the coupling, the times)."""
         batch, part = self.training_batch(self.step), self.rank_slice()
         noise = generator(self.device, self.config.train.seed, NOISE, self.step)
-        groups = self.task.coupling_groups(batch)
         cond = self.task.training_condition(batch, self.encode)
         source = lambda x0: self.task.source(cond, x0)  # noqa: E731
-        flow = self.objective(batch.x1, noise, groups, self.config.train.batch_size, part, source)
-        torch.manual_seed(derive_seed(self.config.train.seed, MODEL, self.step, self.dist.rank))
-        with self.autocast():
-            predicted = self.train_model(flow.x_t, flow.t, cond)
-        loss = flow_matching_loss(predicted, flow.u_t)
+        groups = self.task.coupling_groups(batch)
+        return cond, self.objective(batch.x1, noise, groups, self.config.train.batch_size, part, source)
+
+    def finish_step(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Update the network with ``loss`` (its EMA too unless the step was skipped) and move to the next step."""
         if self.optimise(loss, self.model, self.optimizer):
             self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": loss.detach()}
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the detached loss."""
+        cond, flow = self.path_batch()
+        torch.manual_seed(derive_seed(self.config.train.seed, MODEL, self.step, self.dist.rank))
+        with self.autocast():
+            predicted = self.train_model(flow.x_t, flow.t, cond)
+        return self.finish_step(flow_matching_loss(predicted, flow.u_t))
 
     # -- sampling ------------------------------------------------------------------------------------
 
