@@ -518,12 +518,15 @@ def cmd_bench_turbo(args: argparse.Namespace) -> None:
     same N samples each. Writes OUT/turbo.json, OUT/turbo.md and OUT/turbo.png (FD against ms per image)."""
     from dataclasses import replace
 
-    from latentfm.bench.turbo import SAMPLERS, turbo_bench, write_turbo_report
+    from latentfm.bench.turbo import SAMPLERS, sampler_settings, turbo_bench, write_turbo_report
     from latentfm.evaluation import TrainingEvaluation
     from latentfm.evaluation.report import machine_description
+    from latentfm.sampling import SamplerSettings
+    from latentfm.sampling.solvers import rules_refiner_calls
 
     samplers = [text for text in args.samplers.split(",") if text] if args.samplers else list(SAMPLERS)
-    if not args.refiner and any(text.startswith("H") and not text.endswith("R0") for text in samplers):
+    programs = [sampler_settings(text, SamplerSettings()) for text in samplers]  # bad names fail before any work
+    if not args.refiner and any(s.turbo and rules_refiner_calls(s.rules) for s in programs):
         raise LatentFMError("turbo programs with refiner steps need --refiner RUN (latentfm train-refiner)")
     pipe = _pipeline(args)
     pipe = replace(pipe, sampler=pipe.sampler.with_given(cfg=args.cfg, guidance_interval=args.guidance_interval))
@@ -743,8 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     turbo.add_argument("--reference", required=True, help="reference statistics (latentfm stats) of those features")
     turbo.add_argument(
         "--samplers",
-        help="comma-separated SOLVER:NFE, turbo programs HnPmRk and search-schedule JSON files (default: euler and "
-        "heun at 8 and 16 NFE, midpoint:8, H1P4R3, H1P5R2, H2P3R3, H1P3R4)",
+        help="comma-separated SOLVER:NFE and turbo programs HnPmRk (uniform grid; @SCHEDULE for another, e.g. "
+        "H1P6R0@shift:0.5) and search-schedule JSON files (default: euler and heun at 8 and 16 NFE, midpoint:8, "
+        "H1P4R3, H1P5R2, H2P3R3, H1P3R4)",
     )
     turbo.add_argument("--n", type=int, default=1000, help="samples per sampler (default 1000)")
     turbo.add_argument("--seed", type=int, default=0, help="noise seed (sample i uses (seed, i))")

@@ -23,6 +23,7 @@ from latentfm.metrics.latency import synchronize
 from latentfm.pipeline import FlowPipeline
 from latentfm.sampling import SamplerSettings
 from latentfm.sampling.program import load_schedule
+from latentfm.sampling.schedules import named_grid
 from latentfm.sampling.solvers import rules_refiner_calls
 
 SAMPLERS = ("euler:8", "euler:16", "midpoint:8", "heun:8", "heun:16", "H1P4R3", "H1P5R2", "H2P3R3", "H1P3R4")
@@ -30,21 +31,30 @@ SAMPLERS = ("euler:8", "euler:16", "midpoint:8", "heun:8", "heun:16", "H1P4R3", 
 
 def sampler_settings(text: str, recipe: SamplerSettings) -> SamplerSettings:
     """A sampler as the command line names it, with the recipe's guidance: ``SOLVER:NFE`` (``heun:16``), a
-    turbo program (``H1P5R3``) or a ``search-schedule`` JSON file.
+    turbo program (``H1P5R3``) or a ``search-schedule`` JSON file; the first two run on the uniform grid unless
+    ``@SCHEDULE`` names another (``H1P6R0@shift:0.5``).
 
     Example:
         >>> recipe = SamplerSettings(cfg=2.0)
         >>> sampler_settings("heun:16", recipe).nfe, sampler_settings("H1P5R3", recipe).turbo
         (16, 'H1P5R3')
+        >>> sampler_settings("H1P5R3@edm:7", recipe).schedule
+        'edm:7'
     """
     if text.endswith(".json"):
         return recipe.with_(schedule=load_schedule(text))
+    text, _, schedule = text.partition("@")
+    schedule = schedule or "uniform"
+    named_grid(schedule, 1)  # an unknown schedule fails here, before any sampling
     if text.startswith("H"):
-        return recipe.with_(turbo=text, schedule="uniform")
+        return recipe.with_(turbo=text, schedule=schedule)
     solver, _, nfe = text.partition(":")
     if not nfe.isdigit():
-        raise LatentFMError(f"sampler {text!r}: write SOLVER:NFE (heun:16), a turbo program (H1P5R3) or a JSON file")
-    return recipe.with_(solver=solver, nfe=int(nfe), schedule="uniform")
+        raise LatentFMError(
+            f"sampler {text!r}: write SOLVER:NFE (heun:16), a turbo program (H1P5R3), either with @SCHEDULE, "
+            "or a JSON file"
+        )
+    return recipe.with_(solver=solver, nfe=int(nfe), schedule=schedule)
 
 
 def turbo_bench(
