@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -53,7 +53,35 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            remove_directory(path, then=lambda: os.replace(tmp, path))
+        else:
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_directory(path: str | Path, then: Callable[[], None] | None = None) -> None:
+    """Delete a directory by renaming it to a hidden temporary name first, so that it is never seen half
+    deleted under its own name; ``then`` runs between the rename and the deletion (e.g. moving a new directory
+    into its place). Leftovers of a killed deletion match ``.NAME.*.tmp`` (see ``remove_leftovers``)."""
+    path = Path(path)
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.replace(path, trash)
+    try:
+        if then is not None:
+            then()
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(directory: str | Path) -> list[Path]:
+    """Delete the temporary files and directories (``.NAME.*.tmp``) that killed atomic writes left in
+    ``directory``; returns what was removed. Only for directories no other process is writing into."""
+    directory = Path(directory)
+    removed = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for leftover in removed:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return removed

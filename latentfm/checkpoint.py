@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from latentfm.atomic import atomic_directory
+from latentfm.atomic import atomic_directory, remove_directory
 from latentfm.errors import LatentFMError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -57,6 +56,7 @@ class CheckpointState:
     param_groups: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient, up to this step
+    files: dict[str, int] = field(default_factory=dict)  # byte size of each file beside state.json
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -97,7 +97,8 @@ def save_checkpoint(
     """Write one checkpoint directory atomically (it appears complete or not at all).
 
     Each entry of ``weights`` (e.g. ``model``, ``ema``) and ``optimizers`` (e.g. ``optimizer``) becomes
-    ``NAME.safetensors``; optimizer param groups go to ``state.param_groups[NAME]``.
+    ``NAME.safetensors``; optimizer param groups go to ``state.param_groups[NAME]``, and the size of every
+    file to ``state.files``, which ``is_complete`` checks on load.
     """
     values = asdict(state)
     values["param_groups"] = {}
@@ -108,6 +109,7 @@ def save_checkpoint(
             tensors, groups = optimizer_to_tensors(optimizer_state)
             save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
             values["param_groups"][name] = groups
+        values["files"] = {file.name: file.stat().st_size for file in sorted(tmp.iterdir())}
         (tmp / "state.json").write_text(json.dumps(values, indent=1))
 
 
@@ -116,12 +118,35 @@ def read_optimizer(directory: Path, name: str = "optimizer") -> dict[str, Any]:
     return optimizer_from_tensors(read_tensors(directory, name), read_state(directory).param_groups[name])
 
 
+def incompleteness(directory: Path) -> str | None:
+    """Why a checkpoint directory is incomplete, or None when it holds its ``state.json`` and every file that
+    lists, at its recorded size (checkpoints written before sizes were recorded: the ``.safetensors`` file of
+    each param group)."""
+    directory = Path(directory)
+    try:
+        values = json.loads((directory / "state.json").read_text())
+        sizes = values.get("files") or {f"{name}.safetensors": None for name in values.get("param_groups", {})}
+        for name, size in sizes.items():
+            if not (directory / name).is_file():
+                return f"{directory / name} is missing"
+            if size not in (None, (directory / name).stat().st_size):
+                return f"{directory / name} is not the {size} bytes its state.json records"
+    except (OSError, ValueError, AttributeError) as error:
+        return f"{directory / 'state.json'} is unreadable ({error})"
+    return None
+
+
+def is_complete(directory: Path) -> bool:
+    """Whether a checkpoint directory is complete (see ``incompleteness``)."""
+    return incompleteness(directory) is None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint directories of a run, oldest first."""
+    """Complete checkpoint directories of a run, oldest first (see ``is_complete``)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and is_complete(p)]
     return [path for _, path in sorted(found)]
 
 
@@ -132,7 +157,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     found = list_checkpoints(path)
     if not found:
-        raise LatentFMError(f"{path} is neither a checkpoint directory nor a run directory with checkpoints")
+        steps = sorted((path / "checkpoints").glob("step_*")) if path.is_dir() else []
+        reason = f": {incompleteness(steps[-1])}" if steps else ""
+        raise LatentFMError(
+            f"{path} is neither a checkpoint directory nor a run directory with complete checkpoints{reason}"
+        )
     return found[-1]
 
 
@@ -170,10 +199,31 @@ def read_tensors(directory: Path, name: str) -> dict[str, torch.Tensor]:
         raise LatentFMError(f"cannot read checkpoint weights {path}: {error}") from None
 
 
+def load_weights(module: torch.nn.Module, directory: Path, name: str) -> None:
+    """Load ``NAME.safetensors`` of a checkpoint into ``module``; refused in one line when its names, shapes or
+    dtypes are not the module's (a checkpoint of another model size, or an altered file)."""
+    tensors, path = read_tensors(directory, name), Path(directory) / f"{name}.safetensors"
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise LatentFMError(
+            f"{path} does not fit this model ({len(missing)} tensors missing, e.g. {missing[:1]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:1]}): it belongs to another model or config"
+        )
+    for key, tensor in tensors.items():
+        want = expected[key]
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
+            raise LatentFMError(
+                f"{path}: {key} is {tensor.dtype} {tuple(tensor.shape)}, this model's is {want.dtype} "
+                f"{tuple(want.shape)}: the checkpoint belongs to another model size or was altered"
+            )
+    module.load_state_dict(tensors)
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints of a run."""
+    """Delete all but the newest ``keep`` checkpoints of a run (see ``remove_directory``)."""
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_directory(old)
 
 
 def weights_sha256(module: object) -> str:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from latentfm.atomic import write_bytes_atomic
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity
-from latentfm.checkpoint import read_state, read_tensors, resolve_checkpoint, weights_sha256
+from latentfm.checkpoint import load_weights, read_state, resolve_checkpoint, weights_sha256
 from latentfm.condition import Condition
 from latentfm.config import config_from_dict
 from latentfm.errors import LatentFMError, first_difference
@@ -120,7 +120,7 @@ class FlowPipeline:
         model = build_model(
             config.model, data.latent_shape[0], data.latent_shape[1], data.num_classes, **condition_inputs
         )
-        model.load_state_dict(read_tensors(directory, "ema" if use_ema else "model"))
+        load_weights(model, directory, "ema" if use_ema else "model")
         model.requires_grad_(False)  # sampling and schedule search differentiate inputs, never weights
         autoencoder = build_autoencoder(config.autoencoder, image_channels=data.image_shape[0]).to(device)
         _check_autoencoder(autoencoder, config.autoencoder.kind, state.autoencoder, directory)
@@ -151,7 +151,7 @@ class FlowPipeline:
         config = config_from_dict(state.config)
         inputs = self.task.model_inputs(self.latent_shape, self.image_shape)
         refiner = build_refiner(config.refiner, config.model, self.latent_shape, self.num_classes, **inputs)
-        refiner.load_state_dict(read_tensors(directory, "ema"))
+        load_weights(refiner, directory, "ema")
         return replace(self, refiner=refiner.to(self.device).eval().requires_grad_(False))
 
     def _check_labels(self, labels: torch.Tensor | None) -> None:

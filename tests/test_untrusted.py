@@ -1,5 +1,6 @@
 """Untrusted files: a crafted pickle (a .pth, a .pt, or one hidden in a checkpoint directory) is refused without
-running its code; a safetensors header that lies about its tensors is refused."""
+running its code; a safetensors header that lies about its tensors' shapes or dtypes is refused, whether or not
+the checkpoint's state.json records the forged file's size."""
 
 from __future__ import annotations
 
@@ -64,20 +65,48 @@ def test_a_pickle_hidden_in_a_checkpoint_directory_is_never_loaded(tmp_path, cap
     assert not marker.exists()
 
 
-def test_a_safetensors_header_that_lies_is_refused(tmp_path, capsys):
-    run = tmp_path / "run"
-    Trainer(load_config(None, [*TINY, "train.steps=2", f"train.out_dir={run}"])).run()
-    weights = next((run / "checkpoints").iterdir()) / "ema.safetensors"
+def rewrite_header(weights, change) -> None:
+    """Rewrite the JSON header of a safetensors file: ``change(entry)`` edits the first tensor's entry."""
     data = weights.read_bytes()
     size = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8 : 8 + size])
-    name = next(key for key in header if key != "__metadata__")
-    header[name]["shape"] = [dim * 1000 for dim in header[name]["shape"]]  # more bytes than the file holds
+    change(header[next(key for key in header if key != "__metadata__")])
     text = json.dumps(header).encode()
     weights.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size :])
+
+
+def record_size(checkpoint, name) -> None:
+    """Make the checkpoint's state.json record the file's new size, as a careful forger would."""
+    state = json.loads((checkpoint / "state.json").read_text())
+    state["files"][name] = (checkpoint / name).stat().st_size
+    (checkpoint / "state.json").write_text(json.dumps(state))
+
+
+def bigger_shape(entry) -> None:
+    entry["shape"] = [dim * 1000 for dim in entry["shape"]]  # more bytes than the file holds
+
+
+def wider_dtype(entry) -> None:
+    entry["dtype"] = "F64"  # twice the bytes the file holds
+
+
+def integer_dtype(entry) -> None:
+    entry["dtype"] = "I32"  # the same bytes, read as integers
+
+
+@pytest.mark.parametrize("change", [bigger_shape, wider_dtype, integer_dtype])
+@pytest.mark.parametrize("forged_size", [False, True])
+def test_a_safetensors_header_that_lies_is_refused(tmp_path, capsys, change, forged_size):
+    run = tmp_path / "run"
+    Trainer(load_config(None, [*TINY, "train.steps=2", f"train.out_dir={run}"])).run()
+    checkpoint = next((run / "checkpoints").iterdir())
+    rewrite_header(checkpoint / "ema.safetensors", change)
+    if forged_size:
+        record_size(checkpoint, "ema.safetensors")
     args = ["sample", "--checkpoint", str(run), "--labels", "0", "--n", "1", "--out", str(tmp_path / "out")]
     assert main(args) == 2
-    assert "ema.safetensors" in capsys.readouterr().err
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "ema.safetensors" in error and "Traceback" not in error
     assert not (tmp_path / "out").exists()
     with pytest.raises(LatentFMError):
         FlowPipeline.from_checkpoint(run)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentfm.checkpoint import read_state, read_tensors, resolve_checkpoint
+from latentfm.checkpoint import load_weights, read_state, resolve_checkpoint
 from latentfm.config import AutoencoderRunConfig, KLModelConfig, config_from_dict
 from latentfm.errors import LatentFMError
 
@@ -164,5 +164,5 @@ def load_kl_autoencoder(
         )
     model_config = config_from_dict(state.config, cls=AutoencoderRunConfig).model
     model = KLAutoencoder(trained_channels, model_config, posterior)
-    model.load_state_dict(read_tensors(directory, "ema"))
+    load_weights(model, directory, "ema")
     return model.eval().requires_grad_(False)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from latentfm import __version__
 from latentfm import checkpoint as ckpt
+from latentfm.atomic import remove_leftovers, write_bytes_atomic
 from latentfm.config import OptimConfig, config_from_dict, config_to_dict
 from latentfm.distributed import barrier, mean_across_ranks, setup_distributed
 from latentfm.errors import LatentFMError, Terminated, first_difference
@@ -206,7 +207,11 @@ class TrainingLoop:
     # -- resume --------------------------------------------------------------------------------------
 
     def find_resume_checkpoint(self) -> Path | None:
-        """The run directory's latest checkpoint, refused when it was made under another config."""
+        """The run directory's latest complete checkpoint, refused when it was made under another config (the
+        main rank first deletes what killed checkpoint writes left behind)."""
+        if self.dist.is_main:
+            remove_leftovers(self.run_dir / "checkpoints")
+        barrier()
         found = ckpt.list_checkpoints(self.run_dir)
         if not found:
             return None
@@ -237,21 +242,40 @@ class TrainingLoop:
     def load(self, directory: Path) -> None:
         """Restore every module, optimizer and the step from a checkpoint directory."""
         for name, module in self.checkpoint_modules().items():
-            module.load_state_dict(ckpt.read_tensors(directory, name))
+            ckpt.load_weights(module, directory, name)
         for name, optimizer in self.checkpoint_optimizers().items():
             optimizer.load_state_dict(ckpt.read_optimizer(directory, name))
         state = ckpt.read_state(directory)
         self.step, self.skipped_steps = state.step, state.skipped_steps
         if self.dist.is_main:
+            self._trim_metrics()
             print(f"resumed from {directory} at step {self.step}")
+
+    def _trim_metrics(self) -> None:
+        """Keep the lines of ``metrics.jsonl`` up to the resumed step: the steps after it run again, and a
+        line torn by a kill is dropped."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines, kept = path.read_text().splitlines(keepends=True), []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if line.endswith("\n") and isinstance(record, dict) and record.get("step", 0) <= self.step:
+                kept.append(line)
+        if kept != lines:
+            write_bytes_atomic(path, "".join(kept).encode())
 
     def _checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints" / f"step_{self.step:08d}"
 
     def save(self) -> Path:
-        """Write a checkpoint of the current step (main rank), prune old ones, return its directory."""
+        """Write a checkpoint of the current step (main rank), prune old ones, return its directory. A complete
+        checkpoint of this step is kept as it is (training is exact, so it holds the same values)."""
         directory = self._checkpoint_dir()
-        if self.dist.is_main:
+        if self.dist.is_main and not ckpt.is_complete(directory):
             weights = {name: module.state_dict() for name, module in self.checkpoint_modules().items()}
             optimizers = {name: opt.state_dict() for name, opt in self.checkpoint_optimizers().items()}
             train_seed = self.config.train.seed
@@ -309,7 +333,7 @@ class TrainingLoop:
         """
         train = self.config.train
         first, last = self.step, min(train.steps, until_step or train.steps)
-        if self.step >= last and self._checkpoint_dir().is_dir():
+        if self.step >= last and ckpt.is_complete(self._checkpoint_dir()):
             return self._checkpoint_dir()
         bar = tqdm(total=last, initial=self.step, desc="training", disable=not self.dist.is_main)
         try:
@@ -317,8 +341,7 @@ class TrainingLoop:
                 self._loop(last, bar, check)
         except KeyboardInterrupt:
             if self.dist.world_size == 1 and self.step > first:
-                saved = self._checkpoint_dir()
-                print(f"\ninterrupted: saved {saved if saved.is_dir() else self.save()}")
+                print(f"\ninterrupted: saved {self.save()}")
             raise
         finally:
             bar.close()
