@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from latentfm.errors import LatentFMError
 
 
 def _default_mode(base: int) -> int:
@@ -85,3 +88,27 @@ def remove_leftovers(directory: str | Path) -> list[Path]:
         else:
             leftover.unlink(missing_ok=True)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive_directory(directory: str | Path) -> Iterator[None]:
+    """Hold ``DIRECTORY/.latentfm.lock`` (an advisory ``flock``, released by the kernel even when the process
+    is killed): a second latentfm process writing into the same directory is refused in one line."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".latentfm.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise LatentFMError(
+                f"{directory} is in use by another latentfm process (pid {owner}): wait for it to end or stop it"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from latentfm import __version__
 from latentfm import checkpoint as ckpt
-from latentfm.atomic import remove_leftovers, write_bytes_atomic
+from latentfm.atomic import exclusive_directory, remove_leftovers, write_bytes_atomic
 from latentfm.config import OptimConfig, config_from_dict, config_to_dict
 from latentfm.distributed import barrier, mean_across_ranks, setup_distributed
 from latentfm.errors import LatentFMError, Terminated, first_difference
@@ -207,11 +207,7 @@ class TrainingLoop:
     # -- resume --------------------------------------------------------------------------------------
 
     def find_resume_checkpoint(self) -> Path | None:
-        """The run directory's latest complete checkpoint, refused when it was made under another config (the
-        main rank first deletes what killed checkpoint writes left behind)."""
-        if self.dist.is_main:
-            remove_leftovers(self.run_dir / "checkpoints")
-        barrier()
+        """The run directory's latest complete checkpoint, refused when it was made under another config."""
         found = ckpt.list_checkpoints(self.run_dir)
         if not found:
             return None
@@ -335,17 +331,29 @@ class TrainingLoop:
         first, last = self.step, min(train.steps, until_step or train.steps)
         if self.step >= last and ckpt.is_complete(self._checkpoint_dir()):
             return self._checkpoint_dir()
-        bar = tqdm(total=last, initial=self.step, desc="training", disable=not self.dist.is_main)
-        try:
-            with stop_at_step_boundaries() as check:
-                self._loop(last, bar, check)
-        except KeyboardInterrupt:
-            if self.dist.world_size == 1 and self.step > first:
-                print(f"\ninterrupted: saved {self.save()}")
-            raise
-        finally:
-            bar.close()
-        return self.save()
+        with self._exclusive_run_dir():
+            bar = tqdm(total=last, initial=self.step, desc="training", disable=not self.dist.is_main)
+            try:
+                with stop_at_step_boundaries() as check:
+                    self._loop(last, bar, check)
+            except KeyboardInterrupt:
+                if self.dist.world_size == 1 and self.step > first:
+                    print(f"\ninterrupted: saved {self.save()}")
+                raise
+            finally:
+                bar.close()
+            return self.save()
+
+    @contextmanager
+    def _exclusive_run_dir(self) -> Iterator[None]:
+        """The main rank holds the run directory's lock (a second process training into it is refused) and
+        deletes what killed checkpoint writes left behind."""
+        if not self.dist.is_main:
+            yield
+            return
+        with exclusive_directory(self.run_dir):
+            remove_leftovers(self.run_dir / "checkpoints")
+            yield
 
     def _loop(self, last: int, bar: tqdm, check: Callable[[], None]) -> None:
         """Steps up to ``last`` with their logs, grids, evaluations and periodic checkpoints; ``check`` raises
