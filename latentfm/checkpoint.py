@@ -102,15 +102,21 @@ def save_checkpoint(
     """
     values = asdict(state)
     values["param_groups"] = {}
-    with atomic_directory(directory) as tmp:
-        for name, tensors in weights.items():
-            save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
-        for name, optimizer_state in optimizers.items():
-            tensors, groups = optimizer_to_tensors(optimizer_state)
-            save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
-            values["param_groups"][name] = groups
-        values["files"] = {file.name: file.stat().st_size for file in sorted(tmp.iterdir())}
-        (tmp / "state.json").write_text(json.dumps(values, indent=1))
+    try:
+        with atomic_directory(directory) as tmp:
+            for name, tensors in weights.items():
+                save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
+            for name, optimizer_state in optimizers.items():
+                tensors, groups = optimizer_to_tensors(optimizer_state)
+                save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
+                values["param_groups"][name] = groups
+            values["files"] = {file.name: file.stat().st_size for file in sorted(tmp.iterdir())}
+            (tmp / "state.json").write_text(json.dumps(values, indent=1))
+    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as a SafetensorError
+        raise LatentFMError(
+            f"cannot write checkpoint {directory} ({error}): nothing of it was kept and earlier checkpoints are "
+            "intact; free space (or choose a writable train.out_dir) and rerun the same command to resume"
+        ) from None
 
 
 def read_optimizer(directory: Path, name: str = "optimizer") -> dict[str, Any]:

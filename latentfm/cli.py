@@ -7,6 +7,7 @@ Every problem a user can fix is one line on stderr and exit code 2, never a trac
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
@@ -38,15 +39,18 @@ def _parse_labels(text: str | None, num_classes: int) -> list[int] | None:
     if text in (None, "all"):
         return list(range(num_classes))
     labels: list[int] = []
-    try:
-        for part in text.split(","):
-            low, _, high = part.partition("-")
-            labels.extend(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise LatentFMError(f"--labels {text!r}: use 'all', a list like 0,3,7 or a range like 2-5") from None
-    bad = [label for label in labels if not 0 <= label < num_classes]
-    if bad:
-        raise LatentFMError(f"--labels: {bad[0]} is not a class of this checkpoint (0..{num_classes - 1})")
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise LatentFMError(f"--labels {text!r}: use 'all', a list like 0,3,7 or a range like 2-5") from None
+        bad = next((label for label in (first, last) if not 0 <= label < num_classes), None)
+        if bad is not None:
+            raise LatentFMError(f"--labels: {bad} is not a class of this checkpoint (0..{num_classes - 1})")
+        if last < first:
+            raise LatentFMError(f"--labels {text!r}: the range {part} is empty; write it low-high")
+        labels.extend(range(first, last + 1))
     return labels
 
 
@@ -822,6 +826,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STORAGE_ERRORS = {
+    errno.ENOSPC: "free space or write elsewhere; finished outputs and checkpoints are intact",
+    errno.EDQUOT: "free space or write elsewhere; finished outputs and checkpoints are intact",
+    errno.EROFS: "choose a writable location",
+    errno.EACCES: "choose a location you may write to",
+    errno.EPERM: "choose a location you may write to",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -829,6 +842,12 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except LatentFMError as error:
         print(f"latentfm: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in STORAGE_ERRORS:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"latentfm: error: {where}{error.strerror}: {STORAGE_ERRORS[error.errno]}", file=sys.stderr)
         return 2
     except Terminated:
         print("latentfm: terminated", file=sys.stderr)

@@ -6,6 +6,7 @@ Unknown keys and values of the wrong type are errors that name the key; nothing 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -302,14 +303,50 @@ def _parse_float(value: str, key: str) -> float:
         raise LatentFMError(f"config key {key}: expected float, got {value!r}") from None
 
 
+# The values a number may take, by field name wherever it appears (a refiner's depth as a model's); the
+# finer checks that need the data or the model (a batch larger than the data) happen where those are known.
+AT_LEAST_ONE = {
+    "steps", "batch_size", "hidden_size", "depth", "num_heads", "patch_size", "model_channels", "num_res_blocks",
+    "num_head_channels", "channels", "latent_channels", "groups", "disc_channels", "map_channels", "per_class",
+    "samples", "norm_batches", "log_every", "nfe", "image_size", "upsample_factor",
+}  # fmt: skip
+AT_LEAST_ZERO = {
+    "sample_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps", "warmup_steps", "gan_start",
+    "every", "map_classes", "weight_decay", "kl_weight", "gan_weight", "sigma_min", "upsample_diffusion_step",
+    "upsample_sigma", "grad_clip", "seed",
+}  # fmt: skip
+ABOVE_ZERO = {"lr", "mlp_ratio", "t_scale", "delta_max"}
+FRACTIONS = {
+    "class_dropout", "dropout", "ema_decay", "min_lr_ratio", "mask_min_fraction", "mask_max_fraction",
+    "mask_everything_probability", "map_dropout", "label_dropout", "delta_max",
+}  # fmt: skip
+
+
+def _check_range(name: str, value: Any, key: str) -> None:
+    """Refuse a number its field cannot hold (e.g. ``train.steps=0``), naming the key and the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise LatentFMError(f"config key {key}={value}: must be a finite number")
+    for names, ok, allowed in (
+        (AT_LEAST_ONE, value >= 1, "at least 1"),
+        (AT_LEAST_ZERO, value >= 0, "at least 0"),
+        (ABOVE_ZERO, value > 0, "above 0"),
+        (FRACTIONS, 0 <= value <= 1, "between 0 and 1"),
+    ):
+        if name in names and not ok:
+            raise LatentFMError(f"config key {key}={value}: must be {allowed}")
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
         raise LatentFMError(f"config key {prefix or '<root>'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)
     if unknown:
-        raise LatentFMError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(names))}")
+        shown = unknown[0] if str(unknown[0]).isidentifier() else repr(unknown[0])
+        raise LatentFMError(f"unknown config key {prefix}{shown}; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in values.items():
         tp = hints[name]
@@ -317,6 +354,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
+            _check_range(name, kwargs[name], prefix + name)
     return cls(**kwargs)
 
 
@@ -325,12 +363,20 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
         raise LatentFMError(f"override {override!r} must look like key=value, e.g. train.steps=100")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise LatentFMError(f"override {override!r}: {key!r} is not a dotted config key such as train.steps")
     node = tree
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise LatentFMError(f"override {override!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise LatentFMError(
+            f"override {override!r}: {raw!r} is not a YAML value; quote a text that starts with a sign "
+            "(key='*text')"
+        ) from None
 
 
 def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:

@@ -99,6 +99,33 @@ def open_image(path: str | Path, what: str = "image") -> Image.Image:
         raise LatentFMError(f"cannot read {what} {path} ({err}): give a PNG") from err
 
 
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}  # Pillow opens 16-bit PNGs as I;16 (or I, 32-bit ints)
+
+
+def convert_image(img: Image.Image, mode: str, path: str | Path) -> Image.Image:
+    """An image as 8-bit grey (``L``) or ``RGB``: palettes through their colours, CMYK through Pillow, 16-bit
+    grey scaled (not clipped) to 8 bits, alpha dropped when every pixel is opaque. Refused in one line: alpha
+    with transparent pixels (no background is right for every dataset) and floating-point pixels (no range).
+
+    Example:
+        >>> deep = Image.fromarray(np.array([[0, 32896, 65535]], np.uint16))
+        >>> np.asarray(convert_image(deep, "L", "deep.png")).tolist()
+        [[0, 128, 255]]
+    """
+    if img.mode == "F":
+        raise LatentFMError(f"image {path} has floating-point pixels (mode F), of no fixed range: save 8 or 16 bits")
+    if img.mode in SIXTEEN_BIT_MODES:
+        deep = np.asarray(img, dtype=np.int64).clip(0, 65535)
+        img = Image.fromarray(((deep * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info or img.mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa") and np.asarray(img.getchannel("A")).min() < 255:
+        raise LatentFMError(
+            f"image {path} has transparent pixels: flatten it onto the background you want (e.g. white) first"
+        )
+    return img.convert(mode)
+
+
 def square_resize(img: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
     """Centre-crop the longer side to a square, then resize to ``size`` x ``size`` (bicubic; nearest for maps)."""
     side = min(img.size)
@@ -108,7 +135,7 @@ def square_resize(img: Image.Image, size: int, resample: Image.Resampling = Imag
 
 def read_image(path: str | Path, channels: int) -> torch.Tensor:
     """One image file as float ``[channels, H, W]`` in [-1, 1] (converted to grey or RGB as a model needs)."""
-    array = np.array(open_image(path, "image").convert(PIL_MODES[channels]), dtype=np.uint8)
+    array = np.array(convert_image(open_image(path, "image"), PIL_MODES[channels], path), dtype=np.uint8)
     return from_uint8(torch.from_numpy(array.reshape(*array.shape[:2], channels)).permute(2, 0, 1))
 
 

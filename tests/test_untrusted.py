@@ -9,8 +9,10 @@ import os
 import pickle
 import struct
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from latentfm.autoencoders.taesd import load_tiny_autoencoder
 from latentfm.cli import main
@@ -111,3 +113,24 @@ def test_a_safetensors_header_that_lies_is_refused(tmp_path, capsys, change, for
     with pytest.raises(LatentFMError):
         FlowPipeline.from_checkpoint(run)
     assert torch.__version__  # torch stayed importable and nothing else ran
+
+
+def test_names_from_data_never_choose_where_files_go(tmp_path):
+    """Class names are labels, not paths (Fashion-MNIST's "T-shirt/top" holds a slash): no output path is made
+    from them, nor from image file names; only train.out_dir and --out choose where files go."""
+    folder = tmp_path / "data"
+    for name in ("..hidden class", "-dash", "ünï cödé", "T-shirt%2Ftop"):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / name / f"..{i} -x.png")
+    run, out = tmp_path / "run", tmp_path / "out"
+    overrides = ["data.dataset=folder", f"data.path={folder}", *TINY[1:], "train.batch_size=8", "train.steps=2"]
+    Trainer(load_config(None, [*overrides, f"train.out_dir={run}"])).run()
+    checkpoint = next((run / "checkpoints").iterdir())
+    state = json.loads((checkpoint / "state.json").read_text())
+    state["data"]["class_names"] = ["../../outside", "/etc/passwd", "..", "a/b"]  # a crafted checkpoint
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    before = {p for p in tmp_path.parent.rglob("*")}
+    assert main(["sample", "--checkpoint", str(run), "--labels", "all", "--n", "1", "--out", str(out)]) == 0
+    created = {p for p in tmp_path.parent.rglob("*")} - before
+    assert created and all(p == out or out in p.parents for p in created)

@@ -26,7 +26,7 @@ from PIL import Image
 from latentfm.config import DataConfig
 from latentfm.data.maps import load_maps
 from latentfm.errors import LatentFMError
-from latentfm.image_io import PIL_MODES, from_uint8, square_resize
+from latentfm.image_io import PIL_MODES, convert_image, from_uint8, square_resize
 
 KINDS = ("digits", "idx", "folder", "npz")
 SPLITS = ("train", "test", "all")
@@ -301,7 +301,7 @@ def _load_folder(
     return ImageData(images, label_tensor, len(names), names, skipped=skipped, maps=maps, notes=notes)
 
 
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def _folder_channels(files: list[Path]) -> int:
@@ -332,7 +332,7 @@ def _read_image(file: Path, mode: str, image_size: int | None, skip_corrupt: boo
     """An HWC uint8 array of one image file in Pillow ``mode``; None for a corrupt file if skipping."""
     try:
         with Image.open(file) as img:
-            img = img.convert(mode)
+            img = convert_image(img, mode, file)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         if skip_corrupt:
             return None

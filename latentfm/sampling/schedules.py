@@ -40,7 +40,24 @@ def _parse(name: str) -> tuple[str, float | None]:
 
 
 def named_grid(name: str, steps: int) -> torch.Tensor:
-    """The ``steps + 1`` times of a named schedule (see the module docstring)."""
+    """The ``steps + 1`` times of a named schedule (see the module docstring); refused in one line when its value
+    gives no strictly increasing grid (``shift:1e300``).
+
+    Example:
+        >>> named_grid("shift:2", 2).tolist()
+        [0.0, 0.33333333333333337, 1.0]
+    """
+    try:
+        times = _named_times(name, steps)
+    except (OverflowError, ZeroDivisionError):
+        times = torch.full((steps + 1,), math.nan, dtype=torch.float64)
+    times[0], times[-1] = 0.0, 1.0  # exactly, whatever the rounding of the formula (shift:1/3 gave -2e-16)
+    if not bool(torch.isfinite(times).all()) or not bool((times[1:] > times[:-1]).all()):
+        raise LatentFMError(f"schedule={name!r} gives no increasing grid of {steps} steps: choose another value")
+    return times
+
+
+def _named_times(name: str, steps: int) -> torch.Tensor:
     kind, value = _parse(name)
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if kind == "uniform":

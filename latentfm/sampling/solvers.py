@@ -290,6 +290,9 @@ def rules_refiner_calls(rules: Sequence[str]) -> int:
     return sum(RULES[name].refiner_calls for name in rules)
 
 
+MAX_TURBO_STEPS = 1000
+
+
 def turbo_rules(program: str) -> list[str]:
     """The rules of a FlowTurbo program ``H{n}P{m}R{k}``: n Heun, m pseudo-corrector and k refiner steps.
 
@@ -297,9 +300,11 @@ def turbo_rules(program: str) -> list[str]:
         >>> turbo_rules("H1P2R1"), rules_nfe(turbo_rules("H1P2R1")), rules_nfe(turbo_rules("H0P3R2"))
         (['heun', 'pc', 'pc', 'refine'], 4, 4)
     """
-    match = re.fullmatch(r"H(\d+)P(\d+)R(\d+)", program)
-    if match is None or sum(map(int, match.groups())) == 0:
-        raise LatentFMError(f"turbo program {program!r}: write H{{n}}P{{m}}R{{k}} with n + m + k >= 1, e.g. H1P5R3")
+    match = re.fullmatch(r"H([0-9]{1,4})P([0-9]{1,4})R([0-9]{1,4})", program)
+    if match is None or not 1 <= sum(map(int, match.groups())) <= MAX_TURBO_STEPS:
+        raise LatentFMError(
+            f"turbo program {program!r}: write H{{n}}P{{m}}R{{k}} with 1 <= n + m + k <= {MAX_TURBO_STEPS}, e.g. H1P5R3"
+        )
     n, m, k = map(int, match.groups())
     return ["heun"] * n + ["pc"] * m + ["refine"] * k
 

@@ -25,6 +25,7 @@ class ClassTask:
     kind = "class"
     needs_images = False
     needs_low_latents = False
+    needs_maps = False
     uses_labels = True
 
     def model_inputs(self, latent_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> dict[str, Any]:

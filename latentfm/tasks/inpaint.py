@@ -37,6 +37,7 @@ class InpaintTask:
     kind = "inpaint"
     needs_images = True
     needs_low_latents = False
+    needs_maps = False
     uses_labels = True
 
     def __init__(self, masks: MaskSettings):

@@ -69,6 +69,7 @@ class SemanticTask:
             raise LatentFMError(f"task.map_channels={channels}: the rescaler needs at least 1 output channel")
         if not 0.0 <= dropout < 1.0:
             raise LatentFMError(f"task.map_dropout={dropout} must lie in [0, 1)")
+        self.needs_maps = source == "data"
         self.map_source, self.bands, self.classes, self.channels, self.dropout = (
             source,
             bands,

@@ -87,6 +87,7 @@ class UpsampleTask:
         self.factor, self.mode, self.low_source = factor, mode, low_source
         self.uses_labels, self.needs_images = labels, low_source == "image"
         self.needs_low_latents = low_source == "cache"
+        self.needs_maps = False
         alpha_bar = cosine_alpha_bar(diffusion_step)
         self.signal, self.noise = (
             (math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)) if noise == "diffusion" else (1.0, sigma)

@@ -56,6 +56,8 @@ class Trainer(TrainingLoop):
                 raise LatentFMError(
                     f"task.kind={self.task.kind} builds its condition from the images: unset data.latent_cache"
                 )
+        if self.task.needs_maps and self.latents.data.maps is None:
+            raise LatentFMError("task.map_source=data needs maps: set data.maps_path to a folder of class-id PNGs")
         if len(self.latents) < train.batch_size:
             raise LatentFMError(f"train.batch_size={train.batch_size} exceeds the {len(self.latents)} training items")
         flow = config.flow
