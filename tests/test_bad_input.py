@@ -7,8 +7,8 @@ traceback."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import json
+import os
 import shutil
 import typing
 
