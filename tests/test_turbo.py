@@ -44,7 +44,13 @@ def test_a_refiner_that_returns_the_true_velocity_makes_refine_steps_heun_steps(
 
 
 @pytest.mark.parametrize(
-    "program,message", [("H1P2", "write H{n}P{m}R{k}"), ("H0P0R0", "1 <= n + m + k <= 1000"), ("H999P2R0", "<= 1000"), ("h1p1r1", "write H")]
+    "program,message",
+    [
+        ("H1P2", "write H{n}P{m}R{k}"),
+        ("H0P0R0", "1 <= n + m + k <= 1000"),
+        ("H999P2R0", "<= 1000"),
+        ("h1p1r1", "write H"),
+    ],
 )
 def test_bad_turbo_programs_are_one_line(program, message):
     with pytest.raises(LatentFMError, match=message.replace("{", r"\{").replace("}", r"\}").replace("+", r"\+")):
