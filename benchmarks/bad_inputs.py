@@ -40,8 +40,8 @@ def run(args: list[str]) -> tuple[int, str]:
             code = main(args)
         except SystemExit as exit_:  # argparse's own usage errors
             code = int(exit_.code or 0)
-    lines = [line for line in err.getvalue().splitlines() if line.strip() and "it/s]" not in line]
-    return code, lines[-1] if lines else ""
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    return code, lines[-1] if lines and code else "(works)"
 
 
 def image(path: Path, array: np.ndarray, mode: str | None = None) -> None:
@@ -59,7 +59,7 @@ def folder_case(root: Path, name: str, make: Callable[[Path], None]) -> list[str
     for i in range(40):
         image(folder / f"{i:03d}.png", np.roll(pixels(), i, axis=0))
     make(folder / "zz_bad.png")
-    return [*TRAIN, "data.dataset=folder", f"data.path={folder}", "train.batch_size=8", f"train.out_dir={root}/r"]
+    return [*TRAIN, "data.dataset=folder", f"data.path={folder}", "train.batch_size=8", f"train.out_dir={folder}_run"]
 
 
 def image_cases(root: Path) -> list[tuple[str, str, list[str]]]:
@@ -152,7 +152,13 @@ def checkpoint_cases(root: Path) -> list[tuple[str, str, list[str]]]:
     args = ["train-autoencoder", "--config", "configs/fashion_mnist_autoencoder.yaml", "data.dataset=digits"]
     args += ["model.channels=8", "model.channel_mult=[1,2]", "model.groups=4", "train.device=cpu", "train.steps=1"]
     assert run([*args, "train.batch_size=16", f"train.out_dir={autoencoder}"])[0] == 0
-    cases.append(("checkpoint", "an autoencoder given as the flow model", ["sample", "--checkpoint", str(autoencoder)]))
+    cases.append(
+        (
+            "checkpoint",
+            "an autoencoder given as the flow model",
+            ["sample", "--checkpoint", str(autoencoder), "--out", f"{root}/s"],
+        )
+    )
     evil = root / "evil.pth"
     evil.write_bytes(pickle.dumps({"weights": "pickle"}))
     cases.append(

@@ -374,8 +374,7 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise LatentFMError(
-            f"override {override!r}: {raw!r} is not a YAML value; quote a text that starts with a sign "
-            "(key='*text')"
+            f"override {override!r}: {raw!r} is not a YAML value; quote a text that starts with a sign (key='*text')"
         ) from None
 
 

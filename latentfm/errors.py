@@ -15,6 +15,14 @@ class LatentFMError(Exception):
     """
 
 
+def unpickling_refused(error: BaseException) -> str | None:
+    """The reason to give when ``torch.load(..., weights_only=True)`` refused a file for holding Python objects
+    (a pickle that would run code), or None for any other error."""
+    if "Weights only load failed" in str(error):
+        return "it holds Python objects besides tensors, which latentfm never unpickles (nothing in it ran)"
+    return None
+
+
 @dataclass(frozen=True)
 class Difference:
     """Where two records first differ: a dotted ``key`` with its ``old`` and ``new`` values."""

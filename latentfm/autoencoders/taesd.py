@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from latentfm.errors import LatentFMError
+from latentfm.errors import LatentFMError, unpickling_refused
 
 WIDTH = 64
 ENCODER_OUT_KEY = "14.weight"  # the encoder's last conv: its out-channels are the latent channels
@@ -153,7 +153,7 @@ def _read_weights(path: Path, role: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch, pickle and safetensors raise many types for a bad file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = unpickling_refused(exc) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LatentFMError(f"{path}: cannot read TAESD {role} weights ({reason}); download the file again") from exc
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LatentFMError(f"{path}: expected a flat dict of tensors (a TAESD {role} state dict), got something else")

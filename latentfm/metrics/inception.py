@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentfm.errors import LatentFMError
+from latentfm.errors import LatentFMError, unpickling_refused
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 INPUT_SIZE = 299
@@ -192,6 +192,6 @@ def load_inception(path: str | Path) -> FIDInceptionV3:
         model = FIDInceptionV3()
         model.load_state_dict(state)
     except (OSError, RuntimeError, ValueError, KeyError, AttributeError, TypeError, pickle.UnpicklingError) as error:
-        reason = " ".join(str(error).split())[:200]
+        reason = unpickling_refused(error) or " ".join(str(error).split())[:200]
         raise LatentFMError(f"{path} is not the FID InceptionV3 weights file ({WEIGHTS_NAME}): {reason}") from None
     return model.eval().requires_grad_(False)
