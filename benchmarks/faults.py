@@ -144,9 +144,10 @@ def wait_until(process: subprocess.Popen, ready: Callable[[], bool], timeout: fl
 
 def one_kill(scenario: Scenario, draw: random.Random, targeted: bool, step_seconds: float) -> dict | None:
     """Start the command, kill it at a drawn moment, record where the kill landed; None if it finished first."""
+    before = set(leftovers(scenario.watch))
     process, begun = start(scenario), time.monotonic()
     if targeted:
-        reached = wait_until(process, lambda: bool(leftovers(scenario.watch)))
+        reached = wait_until(process, lambda: bool(set(leftovers(scenario.watch)) - before))
         time.sleep(draw.uniform(0, 0.005))
     else:
         target = scenario.progress() + draw.randint(1, 6)
@@ -155,7 +156,7 @@ def one_kill(scenario: Scenario, draw: random.Random, targeted: bool, step_secon
     if process.poll() is not None:
         return None
     kill(process, scenario.kill_tree)
-    left = leftovers(scenario.watch)
+    left = sorted(set(leftovers(scenario.watch)) - before)  # this kill's, not an earlier one's
     metrics = scenario.out / "metrics.jsonl"
     landed = "atomic write" if left else "log write" if torn_log(metrics) else "between writes"
     complete = ckpt.list_checkpoints(scenario.out)
@@ -193,13 +194,16 @@ def inject(scenario: Scenario, reference: Scenario, kills: int, seed: int) -> di
     run_to_end(scenario)
     rerun_files = snapshot(scenario.out, scenario.kept)
     run_to_end(scenario)  # a finished run rerun: exit 0, files untouched
-    same = scenario.outcome() == reference.outcome()
+    mine, theirs = scenario.outcome(), reference.outcome()
+    same = mine == theirs
+    differing = [key for key in mine if mine[key] != theirs.get(key)] if isinstance(mine, dict) else []
     return {
         "scenario": scenario.name,
         "kills": len(scenario.kills),
         "landed": {kind: sum(k["landed"] == kind for k in scenario.kills) for kind in LANDINGS},
         "targeted_at_a_write": sum(k["targeted_at_a_write"] for k in scenario.kills),
         "identical_to_uninterrupted": same,
+        "differing": differing,
         "finished_rerun_left_files_alone": snapshot(scenario.out, scenario.kept) == rerun_files,
         "uninterrupted_seconds": round(straight_seconds, 1),
         "kill_records": scenario.kills,
@@ -290,7 +294,7 @@ def encode_scenario(root: Path, name: str, config: Path) -> Scenario:
 def eval_scenario(root: Path, name: str, run: Path, classifier: Path, reference: Path) -> Scenario:
     out = root / name
     command = [*LATENTFM, "eval", "--checkpoint", str(run), "--reference", str(reference), "--features"]
-    command += [str(classifier), "--n", "640", "--shard-size", "32", "--nfe", "4", "--cfg", "2", "--device", "cpu"]
+    command += [str(classifier), "--n", "1280", "--shard-size", "32", "--nfe", "4", "--cfg", "2", "--device", "cpu"]
     command += ["--latency-repeats", "1", "--out", str(out)]
 
     def outcome() -> object:

@@ -4,6 +4,7 @@ uninterrupted one (a fast version of benchmarks/faults.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -172,3 +173,12 @@ def test_a_folder_of_grey_images_trains_a_one_channel_model_and_says_so(tmp_path
     (folder / "colour.png").unlink()
     Trainer(load_config(None, [*overrides, f"train.out_dir={tmp_path / 'run'}"])).run()
     assert "1-channel model" in capsys.readouterr().out
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "lo')  # a killed run's lines
+    Trainer(load_config(None, [*TINY, "train.steps=4", "train.log_every=1", f"train.out_dir={run}"])).run()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

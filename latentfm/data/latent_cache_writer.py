@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentfm.atomic import write_bytes_atomic
+from latentfm.atomic import remove_leftovers, write_bytes_atomic
 from latentfm.autoencoders import build_autoencoder
 from latentfm.autoencoders.base import Autoencoder, LatentNorm, autoencoder_identity, check_image_size
 from latentfm.config import Config
@@ -235,6 +235,8 @@ def build_cache(
     )
     # The main rank creates the manifest before the others look, so no rank sees a half-made directory.
     complete = prepare_cache(out, header) if dist.is_main else False
+    if dist.is_main:
+        remove_leftovers(out)  # what killed shard writes left, before any rank writes again
     barrier()
     if not dist.is_main:
         complete = prepare_cache(out, header, write=False)

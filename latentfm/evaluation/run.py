@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from latentfm.atomic import write_bytes_atomic
+from latentfm.atomic import remove_leftovers, write_bytes_atomic
 from latentfm.checkpoint import weights_sha256
 from latentfm.distributed import barrier, setup_distributed
 from latentfm.errors import LatentFMError, first_difference
@@ -112,6 +112,8 @@ class Evaluation:
                 )
         elif self.dist.is_main:
             write_bytes_atomic(path, json.dumps(record, indent=1).encode())
+        if self.dist.is_main:  # what killed shard writes left; the other ranks wait for _start to end
+            remove_leftovers(self.out / "shards")
 
     def _shard_path(self, start: int) -> Path:
         return self.out / "shards" / f"{start:08d}.npz"

@@ -244,12 +244,11 @@ class TrainingLoop:
         state = ckpt.read_state(directory)
         self.step, self.skipped_steps = state.step, state.skipped_steps
         if self.dist.is_main:
-            self._trim_metrics()
             print(f"resumed from {directory} at step {self.step}")
 
     def _trim_metrics(self) -> None:
-        """Keep the lines of ``metrics.jsonl`` up to the resumed step: the steps after it run again, and a
-        line torn by a kill is dropped."""
+        """Keep the lines of ``metrics.jsonl`` up to the step the run starts from: the steps after it run again
+        (a run killed before its first checkpoint starts from nothing), and a line torn by a kill is dropped."""
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return
@@ -346,13 +345,14 @@ class TrainingLoop:
 
     @contextmanager
     def _exclusive_run_dir(self) -> Iterator[None]:
-        """The main rank holds the run directory's lock (a second process training into it is refused) and
-        deletes what killed checkpoint writes left behind."""
+        """The main rank holds the run directory's lock (a second process training into it is refused),
+        deletes what killed checkpoint writes left behind and cuts the log back to the starting step."""
         if not self.dist.is_main:
             yield
             return
         with exclusive_directory(self.run_dir):
             remove_leftovers(self.run_dir / "checkpoints")
+            self._trim_metrics()
             yield
 
     def _loop(self, last: int, bar: tqdm, check: Callable[[], None]) -> None:
