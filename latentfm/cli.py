@@ -480,13 +480,14 @@ def cmd_search_schedule(args: argparse.Namespace) -> None:
     from latentfm.sampling import search_schedule
 
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
-    interval = pipe.sampler.with_given(guidance_interval=args.guidance_interval).guidance_interval
-    velocity = pipe.velocity(pipe.cycled_labels(args.n), args.cfg, interval, n=args.n)
+    recipe = pipe.sampler.with_given(cfg=args.cfg, guidance_interval=args.guidance_interval)
+    cfg, interval = recipe.cfg if recipe.cfg is not None else 1.0, recipe.guidance_interval
+    velocity = pipe.velocity(pipe.cycled_labels(args.n), cfg, interval, n=args.n)
     x0 = pipe.source(args.n, args.seed)
     start = time.perf_counter()
     schedule = search_schedule(velocity, x0, nfe=args.nfe, iterations=args.iterations, progress=True)
     schedule.info.update(
-        checkpoint=str(args.checkpoint), cfg=args.cfg, guidance_interval=interval_text(interval), seed=args.seed
+        checkpoint=str(args.checkpoint), cfg=cfg, guidance_interval=interval_text(interval), seed=args.seed
     )
     schedule.info["search_seconds"] = round(time.perf_counter() - start, 1)
     schedule.save(args.out)
@@ -710,7 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--out", required=True, help="JSON file to write, e.g. runs/x/schedule_nfe8.json")
     search.add_argument("--n", type=int, default=256, help="calibration samples (default 256)")
-    search.add_argument("--cfg", type=float, default=1.0, help="guidance weight the schedule is tuned for")
+    search.add_argument(
+        "--cfg", type=float, help="guidance weight the schedule is tuned for (default: the checkpoint's sample section)"
+    )
     search.add_argument(
         "--guidance-interval",
         metavar="LOW,HIGH",
