@@ -150,11 +150,11 @@ def test_cli_search_then_sample_and_bench(tmp_path, tiny_overrides, capsys):
     from latentfm.config import load_config
     from latentfm.training.trainer import Trainer
 
-    Trainer(load_config(None, [*tiny_overrides, "train.steps=4"])).run()
+    Trainer(load_config(None, [*tiny_overrides, "train.steps=4", "sample.cfg=1.5"])).run()
     run, schedule = tmp_path / "run", tmp_path / "schedule.json"
     common = ["--device", "cpu", "--n", "20", "--iterations", "5"]
     assert main(["search-schedule", "--checkpoint", str(run), "--nfe", "4", "--out", str(schedule), *common]) == 0
-    assert load_schedule(schedule).nfe == 4
+    assert load_schedule(schedule).nfe == 4 and load_schedule(schedule).info["cfg"] == 1.5  # the recipe's guidance
     out = tmp_path / "samples"
     assert main(["sample", "--checkpoint", str(run), "--schedule", str(schedule), "--out", str(out), "--n", "2"]) == 0
     assert '"nfe": 4' in (out / "stats.json").read_text()
