@@ -51,7 +51,7 @@ class GuidedVelocity:
         if self.interval is None:
             return True
         low, high = self.interval
-        return low <= float(t[0]) <= high
+        return low <= float(t[0].detach()) <= high  # the schedule search learns t: no gradient here
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self.guided_at(t):
