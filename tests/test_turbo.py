@@ -202,3 +202,19 @@ def test_two_process_refiner_training_matches_one_process(teacher, tmp_path):
     result = run_torchrun(*args, f"train.out_dir={tmp_path / 'two'}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_tensors(weights(tmp_path / "one", "model"), weights(tmp_path / "two", "model"), exact=False)
+
+
+def test_bench_turbo_measures_programs_on_named_grids(teacher, refiner_run, tmp_path, capsys):
+    classifier, reference, out = tmp_path / "clf.safetensors", tmp_path / "ref.npz", tmp_path / "bench"
+    assert main(["train-classifier", "--dataset", "digits", "--out", str(classifier), "--epochs", "1"]) == 0
+    stats = ["stats", "--dataset", "digits", "--split", "train", "--features", str(classifier), "--out", str(reference)]
+    assert main(stats) == 0
+    args = ["bench", "turbo", "--checkpoint", str(teacher), "--refiner", str(refiner_run), "--n", "20"]
+    args += ["--features", str(classifier), "--reference", str(reference)]
+    assert main([*args, "--samplers", "euler:4,H1P1R2,H1P1R2@cosine", "--out", str(out)]) == 0
+    rows = {row["sampler"]: row for row in json.loads((out / "turbo.json").read_text())["rows"]}
+    assert rows["euler:4"]["nfe"] == 4 and rows["H1P1R2@cosine"]["nfe"] == 3
+    assert rows["H1P1R2@cosine"]["refiner_calls"] == 4 and rows["H1P1R2"]["fd"] != rows["H1P1R2@cosine"]["fd"]
+    assert (out / "turbo.png").is_file() and "| H1P1R2@cosine | eager | 3 | 4 |" in (out / "turbo.md").read_text()
+    assert main([*args, "--samplers", "H1P1R2@karras", "--out", str(tmp_path / "refused")]) == 2
+    assert "karras" in capsys.readouterr().err and not (tmp_path / "refused").exists()
