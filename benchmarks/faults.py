@@ -251,15 +251,7 @@ def train_scenario(root: Path, name: str, steps: int, ranks: int = 1) -> Scenari
         launcher += ["-m", "latentfm.cli", "--"]
     command = [*launcher, "train", "--config", str(config), *TINY, f"train.steps={steps}"]
     command += ["train.checkpoint_every=2", "train.keep_checkpoints=2", f"train.out_dir={run}"]
-    return Scenario(
-        name,
-        command,
-        run,
-        progress=lambda: lines(run / "metrics.jsonl"),
-        watch=[run / "checkpoints", run],
-        outcome=lambda: training_outcome(run),
-        kill_tree=ranks > 1,
-    )
+    return training_scenario(name, command, run, kill_tree=ranks > 1)
 
 
 def refiner_scenario(root: Path, name: str, teacher: Path) -> Scenario:
@@ -267,6 +259,11 @@ def refiner_scenario(root: Path, name: str, teacher: Path) -> Scenario:
     command = [*LATENTFM, "train-refiner", "--teacher", str(teacher), "--config", "configs/digits_refiner.yaml"]
     command += ["train.steps=80", "train.batch_size=32", "train.log_every=1", "train.checkpoint_every=2"]
     command += ["train.sample_every=0", "train.keep_checkpoints=2", "train.device=cpu", f"train.out_dir={run}"]
+    return training_scenario(name, command, run)
+
+
+def training_scenario(name: str, command: list[str], run: Path, kill_tree: bool = False) -> Scenario:
+    """A training command into ``run``: progress is its logged steps, compared by ``training_outcome``."""
     return Scenario(
         name,
         command,
@@ -274,6 +271,7 @@ def refiner_scenario(root: Path, name: str, teacher: Path) -> Scenario:
         progress=lambda: lines(run / "metrics.jsonl"),
         watch=[run / "checkpoints", run],
         outcome=lambda: training_outcome(run),
+        kill_tree=kill_tree,
     )
 
 

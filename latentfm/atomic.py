@@ -7,7 +7,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from latentfm.errors import LatentFMError
@@ -55,26 +55,25 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, _default_mode(0o777))
     try:
         yield tmp
-        if path.exists():
-            remove_directory(path, then=lambda: os.replace(tmp, path))
-        else:
-            os.replace(tmp, path)
+        old = _move_aside(path) if path.exists() else None
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_directory(path: str | Path, then: Callable[[], None] | None = None) -> None:
+def _move_aside(path: Path) -> Path:
+    """Rename a directory to a hidden temporary name beside it (``.NAME.*.tmp``); returns the new path."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.replace(path, aside)
+    return aside
+
+
+def remove_directory(path: str | Path) -> None:
     """Delete a directory by renaming it to a hidden temporary name first, so that it is never seen half
-    deleted under its own name; ``then`` runs between the rename and the deletion (e.g. moving a new directory
-    into its place). Leftovers of a killed deletion match ``.NAME.*.tmp`` (see ``remove_leftovers``)."""
-    path = Path(path)
-    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.replace(path, trash)
-    try:
-        if then is not None:
-            then()
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
+    deleted under its own name; a killed deletion leaves only ``.NAME.*.tmp`` (see ``remove_leftovers``)."""
+    shutil.rmtree(_move_aside(Path(path)), ignore_errors=True)
 
 
 def remove_leftovers(directory: str | Path) -> list[Path]:
