@@ -36,7 +36,7 @@ from benchmarks.judge import Judge, prepare_judge
 from benchmarks.peer_torchcfm import RESULTS
 from latentfm.atomic import write_bytes_atomic
 from latentfm.data import load_dataset
-from latentfm.data.images import DEFAULT_IDX_PATH
+from latentfm.data.arrays import DEFAULT_IDX_PATH
 from latentfm.data.masks import stroke_mask
 from latentfm.image_io import make_grid, quantise, save_png
 from latentfm.metrics import FeatureStats, frechet_distance, psnr_8bit

@@ -29,7 +29,7 @@ from benchmarks.judge import prepare_judge
 from benchmarks.peer_torchcfm import RESULTS
 from latentfm.atomic import write_bytes_atomic
 from latentfm.data import load_dataset
-from latentfm.data.images import DEFAULT_IDX_PATH
+from latentfm.data.arrays import DEFAULT_IDX_PATH
 from latentfm.image_io import make_grid, quantise, save_png
 from latentfm.metrics import mean_iou
 from latentfm.pipeline import FlowPipeline

@@ -38,7 +38,7 @@ from latentfm.checkpoint import read_state, resolve_checkpoint
 from latentfm.condition import Condition
 from latentfm.config import config_from_dict
 from latentfm.data import load_dataset
-from latentfm.data.images import DEFAULT_IDX_PATH
+from latentfm.data.arrays import DEFAULT_IDX_PATH
 from latentfm.image_io import make_grid, quantise, save_png
 from latentfm.metrics import ssim_8bit
 from latentfm.models.build import build_model

@@ -58,7 +58,7 @@ def dataset_config(spec: str, split: str | None = None, image_size: int | None =
     """The ``DataConfig`` a command-line ``--dataset`` names: ``digits``, ``fashion_mnist`` (the Debian IDX
     files), ``idx:DIR``, ``folder:DIR``, ``npz:FILE``, or a YAML config file (its ``data`` section)."""
     from latentfm.config import DataConfig, load_config
-    from latentfm.data.images import DEFAULT_IDX_PATH
+    from latentfm.data.arrays import DEFAULT_IDX_PATH
 
     if spec.endswith((".yaml", ".yml")):
         data = load_config(spec).data
@@ -438,7 +438,15 @@ def cmd_stats(args: argparse.Namespace) -> None:
     data = load_data_config(data_config)
     extractor = load_features(args.features, _device(args.device))
     source = {"dataset": args.dataset, "split": data_config.split, "image_size": data_config.image_size}
-    reference = reference_statistics(data, extractor, source, args.keep_features, args.seed, progress=True)
+    reference = reference_statistics(
+        data,
+        extractor,
+        source,
+        args.keep_features,
+        args.seed,
+        progress=True,
+        workers=data_config.workers if args.workers is None else args.workers,
+    )
     reference.save(args.out)
     print(f"wrote {args.out}: {reference.count} images, {extractor.kind} features ({extractor.dim}-d)")
 
@@ -796,6 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     stats.add_argument("--keep-features", type=int, default=10_000, help="features kept for KID and P/R (10000)")
     stats.add_argument("--seed", type=int, default=0, help="seed choosing the kept features")
+    stats.add_argument(
+        "--workers", type=int, default=None, help="processes decoding images (default: none for arrays, else cores - 1)"
+    )
     stats.add_argument("--device", default="auto", help="auto, cpu or cuda")
     stats.set_defaults(run=cmd_stats)
 

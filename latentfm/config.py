@@ -23,7 +23,7 @@ from latentfm.errors import LatentFMError
 class DataConfig:
     """Where the training images (see ``latentfm.data.load_dataset``) or cached latents come from."""
 
-    dataset: str = "digits"  # digits | idx | folder
+    dataset: str = "digits"  # digits | idx | folder | npz
     path: str | None = None
     split: str = "train"
     image_size: int | None = None
@@ -34,6 +34,8 @@ class DataConfig:
     # upsample task, upsample_low_source=cache: the same images down-sampled, `latentfm encode --downsample F`
     low_latent_cache: str | None = None
     maps_path: str | None = None  # folder data: a folder of class-id PNG maps named like the images (semantic task)
+    workers: int | None = None  # DataLoader processes that decode images (None: latentfm.data.loader.default_workers)
+    fingerprint: str = "index"  # index: paths, sizes and labels of a folder's files | content: every byte hashed
 
 
 @dataclass
@@ -313,7 +315,7 @@ AT_LEAST_ONE = {
 AT_LEAST_ZERO = {
     "sample_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps", "warmup_steps", "gan_start",
     "every", "map_classes", "weight_decay", "kl_weight", "gan_weight", "sigma_min", "upsample_diffusion_step",
-    "upsample_sigma", "grad_clip", "seed",
+    "upsample_sigma", "grad_clip", "seed", "workers",
 }  # fmt: skip
 ABOVE_ZERO = {"lr", "mlp_ratio", "t_scale", "delta_max"}
 FRACTIONS = {

@@ -127,10 +127,20 @@ def convert_image(img: Image.Image, mode: str, path: str | Path) -> Image.Image:
 
 
 def square_resize(img: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
-    """Centre-crop the longer side to a square, then resize to ``size`` x ``size`` (bicubic; nearest for maps)."""
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    return img.crop((left, top, left + side, top + side)).resize((size, size), resample)
+    """ADM's centre crop: halve by box filtering while the shorter side is at least ``2 * size`` (images only; maps
+    keep nearest neighbours so ids stay ids), resize the shorter side to ``size`` with ``resample``, crop the centre.
+
+    Example:
+        >>> square_resize(Image.new("RGB", (300, 200)), 64).size
+        (64, 64)
+    """
+    if resample != Image.Resampling.NEAREST:
+        while min(img.size) >= 2 * size:
+            img = img.resize(tuple(side // 2 for side in img.size), Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(max(size, round(side * scale)) for side in img.size), resample)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
 
 
 def read_image(path: str | Path, channels: int) -> torch.Tensor:

@@ -69,7 +69,7 @@ BAD_IMAGES = [
     (truncated, "cannot read image"),
     (zero_bytes, "cannot read image"),
     (transparent, "transparent pixels"),
-    (other_size, "images differ in size"),
+    (other_size, "the folder's images are 8x8"),
 ]
 
 
@@ -88,10 +88,13 @@ def test_a_bad_image_stops_training_in_one_line_and_leaves_the_run_alone(tmp_pat
     assert main([*args, "train.steps=2"]) == 0
     before = files_and_times(run)
     make(folder / "zz_bad.png")
-    assert main([*args, "train.steps=4"]) == 2
+    assert main([*args, "train.steps=4"]) == 2  # resuming: the folder changed since the run started
+    changed = one_line_error(capsys)
+    assert "changed since" in changed and "1 added (zz_bad.png)" in changed
+    assert files_and_times(run) == before
+    assert main([*args, "train.steps=4", f"train.out_dir={tmp_path / 'new'}"]) == 2  # a new run meets the image
     error = one_line_error(capsys)
     assert message in error and "zz_bad.png" in error
-    assert files_and_times(run) == before
 
 
 def test_images_in_modes_with_one_right_reading_are_read_that_way(tmp_path):
@@ -103,7 +106,8 @@ def test_images_in_modes_with_one_right_reading_are_read_that_way(tmp_path):
     Image.fromarray(deep).save(tmp_path / "deep.png")
     Image.fromarray(np.dstack([rgb, np.full((8, 8), 255, np.uint8)]), "RGBA").save(tmp_path / "opaque.png")
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "print.jpg", quality=100)
-    as_uint8 = load_dataset("folder", str(tmp_path), channels=3).images.permute(0, 2, 3, 1).numpy()
+    data = load_dataset("folder", str(tmp_path), channels=3)
+    as_uint8 = data.read(range(len(data))).images.permute(0, 2, 3, 1).numpy()
     by_name = dict(zip(["deep", "opaque", "palette", "print"], as_uint8))
     np.testing.assert_array_equal(by_name["palette"], expected_palette)
     np.testing.assert_array_equal(by_name["opaque"], rgb)

@@ -83,11 +83,17 @@ def test_digits_resize_and_channels():
     assert abs(data.images.float().mean() - small.images.float().mean()) < 3
 
 
+def read_all(data) -> torch.Tensor:
+    """Every uint8 image of a dataset, read in this process."""
+    return data.read(range(len(data))).images
+
+
 def test_rgb_to_grey_uses_luminance(tmp_path):
     write_png(tmp_path / "a.png", (4, 4), (255, 0, 0))
     data = load_dataset("folder", str(tmp_path), channels=1)
-    assert data.images.shape == (1, 1, 4, 4)
-    assert int(data.images[0, 0, 0, 0]) == 76  # Pillow's L = 299/1000 * 255
+    images = read_all(data)
+    assert images.shape == (1, 1, 4, 4)
+    assert int(images[0, 0, 0, 0]) == 76  # Pillow's L = 299/1000 * 255
 
 
 def test_unknown_kind_split_and_channels():
@@ -197,13 +203,17 @@ def test_folder_with_classes(tmp_path):
     write_png(tmp_path / "cat" / "a.png", (6, 6), (200, 10, 10))
     write_png(tmp_path / "cat" / "b.PNG", (6, 6), (200, 10, 10))
     write_png(tmp_path / "ant" / "c.png", (6, 6), (10, 200, 10))
-    (tmp_path / "empty").mkdir()
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / ".cache").mkdir()  # hidden directories are not classes
     data = load_dataset("folder", str(tmp_path))
     assert data.class_names == ["ant", "cat"] and data.num_classes == 2
-    assert data.images.shape == (3, 3, 6, 6) and data.images.dtype == torch.uint8
+    images = read_all(data)
+    assert images.shape == (3, 3, 6, 6) and images.dtype == torch.uint8 and data.image_shape == (3, 6, 6)
     assert data.labels.tolist() == [0, 1, 1]
-    assert data.images[0, :, 0, 0].tolist() == [10, 200, 10]
+    assert images[0, :, 0, 0].tolist() == [10, 200, 10]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LatentFMError, match=r"class folder .*empty holds no images"):
+        load_dataset("folder", str(tmp_path))
 
 
 def test_unlabelled_folder_resize_and_crop(tmp_path):
@@ -213,25 +223,27 @@ def test_unlabelled_folder_resize_and_crop(tmp_path):
     write_png(tmp_path / "small.png", (4, 4), (255, 255, 255))
     data = load_dataset("folder", str(tmp_path), image_size=8, channels=1)
     assert data.labels is None and data.num_classes == 0 and data.class_names == []
-    assert data.images.shape == (2, 1, 8, 8)
-    assert int(data.images.min()) > 240  # centre crop removed the black strips
+    images = read_all(data)
+    assert images.shape == (2, 1, 8, 8)
+    assert int(images.min()) > 240  # centre crop removed the black strips
 
 
 def test_folder_corrupt_file_error_and_skip(tmp_path):
     write_png(tmp_path / "good.png", (4, 4), (1, 2, 3))
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    strict = load_dataset("folder", str(tmp_path))  # an index: nothing is decoded yet
     with pytest.raises(LatentFMError, match=r"bad\.png.*data\.skip_corrupt=true"):
-        load_dataset("folder", str(tmp_path))
-    data = load_dataset("folder", str(tmp_path), skip_corrupt=True)
-    assert len(data) == 1 and data.skipped == 1
+        read_all(strict)
+    batch = load_dataset("folder", str(tmp_path), skip_corrupt=True).read([0, 1, 0])
+    assert batch.skipped == 2 and torch.equal(batch.images[0], batch.images[1])  # bad.png replaced by good.png
 
 
 def test_folder_mixed_sizes_need_image_size(tmp_path):
     write_png(tmp_path / "a.png", (4, 4), (0, 0, 0))
     write_png(tmp_path / "b.png", (5, 4), (0, 0, 0))
-    with pytest.raises(LatentFMError, match="data.image_size"):
-        load_dataset("folder", str(tmp_path))
-    assert load_dataset("folder", str(tmp_path), image_size=4).images.shape == (2, 3, 4, 4)
+    with pytest.raises(LatentFMError, match=r"b\.png is 5x4.*data.image_size"):
+        read_all(load_dataset("folder", str(tmp_path)))
+    assert read_all(load_dataset("folder", str(tmp_path), image_size=4)).shape == (2, 3, 4, 4)
 
 
 def test_folder_empty_missing_and_test_split(tmp_path):

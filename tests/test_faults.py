@@ -165,9 +165,9 @@ def test_a_folder_of_grey_images_trains_a_one_channel_model_and_says_so(tmp_path
     for i in range(4):
         Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L").save(folder / f"{i}.png")
     data = load_dataset("folder", str(folder))
-    assert data.images.shape[1] == 1 and "images in" in data.notes[0] and "1-channel" in data.notes[0]
+    assert data.image_shape[0] == 1 and "images in" in data.notes[0] and "1-channel" in data.notes[0]
     Image.fromarray((torch.rand(8, 8, 3) * 255).byte().numpy(), mode="RGB").save(folder / "colour.png")
-    assert load_dataset("folder", str(folder)).images.shape[1] == 3
+    assert load_dataset("folder", str(folder)).image_shape[0] == 3
     assert load_dataset("folder", str(folder), channels=1).notes == []
     overrides = ["data.dataset=folder", f"data.path={folder}", *TINY[1:], "train.batch_size=4", "train.steps=1"]
     (folder / "colour.png").unlink()

@@ -106,7 +106,7 @@ def test_ranks_share_the_shards(tmp_path, kl_run):
         out = tmp_path / f"world{world}"
         cache.prepare_cache(out, header)
         written = [cache.encode_shards(out, header, data, autoencoder, rank=r, world_size=world) for r in range(world)]
-        assert written == ([5] if world == 1 else [3, 2])
+        assert written == ([(5, 0)] if world == 1 else [(3, 0), (2, 0)])
         cache.finalize_cache(out, data)
         outputs[world] = {p.name: p.read_bytes() for p in out.iterdir()}
     assert outputs[1] == outputs[2]

@@ -205,16 +205,18 @@ def make_segmentation_folder(root, count=8, size=12):
 def test_maps_from_a_segmentation_folder_train_and_flip_with_images(tmp_path):
     root = make_segmentation_folder(tmp_path / "seg")
     data = load_dataset("folder", str(root / "images"), image_size=8, maps_path=str(root / "maps"))
-    assert data.maps.shape == (8, 1, 8, 8) and data.maps.max() <= 2
+    maps = data.read(range(len(data))).maps
+    assert data.has_maps and maps.shape == (8, 1, 8, 8) and maps.max() <= 2
     flips = torch.tensor([True, False])
-    assert torch.equal(data.map_batch(torch.tensor([0, 1]), flips)[0], data.maps[0].flip(-1))
+    assert torch.equal(data.read(torch.tensor([0, 1]), flips).maps[0], maps[0].flip(-1))
     overrides = [*SEMANTIC, "data.dataset=folder", f"data.path={root / 'images'}", "data.image_size=8"]
     overrides += [f"data.maps_path={root / 'maps'}", "task.map_source=data", "task.map_classes=3"]
     overrides += ["train.batch_size=4", "train.steps=2", f"train.out_dir={tmp_path / 'run'}"]
     Trainer(load_config(None, overrides)).run()
     (root / "maps" / "3.png").unlink()
+    data = load_dataset("folder", str(root / "images"), maps_path=str(root / "maps"))
     with pytest.raises(LatentFMError, match="3.png not found"):
-        load_dataset("folder", str(root / "images"), maps_path=str(root / "maps"))
+        data.read(range(len(data)))
 
 
 def write_png(path, array):

@@ -7,6 +7,8 @@ Layout of a cache directory::
                         brought back up bicubically (``pixel_upsample``)
     shard_00000.npy     latents [n, views, C, h, w]; view 1 is the left-right flipped image when ``hflip``
     labels.npy          int64 labels [N] (absent for unlabelled data)
+    data_index.npz      an image folder's index (``latentfm.data.folder``): which files, so that resuming an
+                        unfinished cache refuses a folder that changed, naming what changed
 
 Writing is resumable: each shard appears atomically, finished shards are never re-encoded, and ``torchrun``
 ranks take every ``world_size``-th shard. The manifest is marked complete, with per-channel moments of all
@@ -24,11 +26,12 @@ import numpy as np
 import torch
 
 from latentfm.autoencoders.base import Autoencoder, check_image_size
-from latentfm.data.images import ImageData
+from latentfm.data.dataset import ImageDataset
 from latentfm.errors import LatentFMError, first_difference
 
 FORMAT = "latentfm-latent-cache/1"
 MANIFEST = "manifest.json"
+INDEX_FILE = "data_index.npz"  # an image folder's index (latentfm.data.folder), kept with the cache it made
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # Header keys that decide what the shards contain; a cache that differs in any of them is refused.
 # (The dataset's path and description may change: a moved dataset with the same fingerprint is the same data.)
@@ -148,13 +151,14 @@ class LatentCache:
 
 
 class EncodedImages:
-    """Images encoded on the fly, with the same ``batch`` interface as LatentCache."""
+    """Images encoded on the fly, with the same ``batch`` interface as LatentCache (reading in this process; the
+    trainer reads its steps' images through ``latentfm.data.loader`` workers instead)."""
 
-    def __init__(self, data: ImageData, autoencoder: Autoencoder):
-        check_image_size(data.images.shape, autoencoder)
+    def __init__(self, data: ImageDataset, autoencoder: Autoencoder):
+        check_image_size(data.image_shape, autoencoder)
         self.data, self.autoencoder = data, autoencoder
         self.num_classes, self.class_names = data.num_classes, data.class_names
-        self.image_shape = tuple(data.images.shape[1:])
+        self.image_shape = tuple(data.image_shape)
 
     def __len__(self) -> int:
         """Number of images."""

@@ -17,16 +17,19 @@ from latentfm.atomic import remove_leftovers, write_bytes_atomic
 from latentfm.autoencoders import build_autoencoder
 from latentfm.autoencoders.base import Autoencoder, LatentNorm, autoencoder_identity, check_image_size
 from latentfm.config import Config
-from latentfm.data.images import ImageData, load_data_config
+from latentfm.data.dataset import ImageDataset
+from latentfm.data.images import load_data_config
 from latentfm.data.latent_cache import (
     DTYPES,
     FORMAT,
+    INDEX_FILE,
     MANIFEST,
     cache_difference,
     read_manifest,
     shard_count,
     shard_path,
 )
+from latentfm.data.loader import BatchRequest, read_batches
 from latentfm.distributed import barrier, setup_distributed
 from latentfm.errors import LatentFMError
 from latentfm.image_io import area_downsample, bicubic_upsample
@@ -34,7 +37,7 @@ from latentfm.seeding import derive_seed
 
 
 def cache_header(
-    data: ImageData,
+    data: ImageDataset,
     autoencoder_identity: dict[str, Any],
     data_description: dict[str, Any],
     latent_shape: tuple[int, int, int],
@@ -74,8 +77,8 @@ def cache_header(
         "sampling": sampling,
         "latent_shape": list(latent_shape),
         "image_shape": [
-            data.images.shape[1],
-            *(size // (1 if pixel_upsample else downsample) for size in data.images.shape[2:]),
+            data.image_shape[0],
+            *(size // (1 if pixel_upsample else downsample) for size in data.image_shape[1:]),
         ],
         "num_classes": data.num_classes,
         "class_names": data.class_names,
@@ -92,7 +95,7 @@ def prepare_cache(directory: str | Path, header: dict[str, Any], write: bool = T
     directory = Path(directory)
     saved = read_manifest(directory)
     if saved is None:
-        if directory.is_dir() and any(directory.iterdir()):
+        if directory.is_dir() and any(p.name != INDEX_FILE for p in directory.iterdir()):
             raise LatentFMError(f"{directory} is not empty and holds no {MANIFEST}; choose an empty or new --out")
         if write:
             directory.mkdir(parents=True, exist_ok=True)
@@ -114,7 +117,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def encode_shards(
     directory: str | Path,
     header: dict[str, Any],
-    data: ImageData,
+    data: ImageDataset,
     autoencoder: Autoencoder,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
@@ -122,23 +125,30 @@ def encode_shards(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
-) -> int:
-    """Encode this rank's missing shards (every ``world_size``-th, from ``rank``); returns how many it wrote.
+    workers: int | None = None,
+) -> tuple[int, int]:
+    """Encode this rank's missing shards (every ``world_size``-th, from ``rank``), reading only their images (with
+    ``workers`` processes; memory is bounded by a shard, not the dataset); returns how many shards it wrote and
+    how many unreadable files it replaced (``data.skip_corrupt``).
 
     The global RNG is reseeded from ``(seed, shard)`` before each shard, so autoencoders that sample
     their posterior give the same cache on any number of ranks.
     """
     directory, size = Path(directory), header["shard_size"]
     todo = [s for s in range(rank, shard_count(header), world_size) if not shard_path(directory, s).is_file()]
+    chunks = {s: torch.arange(s * size, min((s + 1) * size, len(data))).split(batch_size) for s in todo}
+    batches = read_batches(data, (BatchRequest(c) for s in todo for c in chunks[s]), workers, device)
     bar = tqdm(total=sum(min(size, len(data) - s * size) for s in todo), desc="encoding", disable=not progress)
+    replaced = 0
     for shard in todo:
         torch.manual_seed(derive_seed(seed, shard))
-        indices = torch.arange(shard * size, min((shard + 1) * size, len(data)))
         parts = []
-        for chunk in indices.split(batch_size):
-            images = low_resolution(data.batch(chunk, device=device)[0], header)
+        for chunk in chunks[shard]:
+            batch = next(batches)
+            images = low_resolution(batch.floats(), header)
             views = [images, images.flip(-1)] if header["hflip"] else [images]
             parts.append(torch.stack([autoencoder.encode(v).float() for v in views], dim=1).cpu())
+            replaced += batch.skipped
             bar.update(len(chunk))
         latents = torch.cat(parts).numpy().astype(DTYPES[header["dtype"]])
         if list(latents.shape[2:]) != header["latent_shape"]:
@@ -147,7 +157,8 @@ def encode_shards(
             )
         _save_npy(shard_path(directory, shard), latents)
     bar.close()
-    return len(todo)
+    batches.close()
+    return len(todo), replaced
 
 
 def low_resolution(images: torch.Tensor, header: dict[str, Any]) -> torch.Tensor:
@@ -158,7 +169,7 @@ def low_resolution(images: torch.Tensor, header: dict[str, Any]) -> torch.Tensor
     return bicubic_upsample(low, factor) if header.get("pixel_upsample") else low
 
 
-def finalize_cache(directory: str | Path, data: ImageData) -> dict[str, Any]:
+def finalize_cache(directory: str | Path, data: ImageDataset) -> dict[str, Any]:
     """Once every shard exists: store the labels and the latents' per-channel moments, mark complete."""
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -195,16 +206,17 @@ def build_cache(
     manifest (on the main rank; None on the others) and the number of shards this rank encoded.
     """
     dist = setup_distributed(device)
-    data = load_data_config(config.data)
-    autoencoder = build_autoencoder(config.autoencoder, image_channels=data.images.shape[1]).to(dist.device)
-    if downsample_factor < 1 or data.images.shape[-1] % downsample_factor:
+    started = read_manifest(Path(out)) is not None
+    data = load_data_config(config.data, index_file=Path(out) / INDEX_FILE, refuse_change=started)
+    autoencoder = build_autoencoder(config.autoencoder, image_channels=data.image_shape[0]).to(dist.device)
+    if downsample_factor < 1 or data.image_shape[-1] % downsample_factor:
         raise LatentFMError(
-            f"--downsample {downsample_factor}: must be at least 1 and divide the images' size {data.images.shape[-1]}"
+            f"--downsample {downsample_factor}: must be at least 1 and divide the images' size {data.image_shape[-1]}"
         )
     if pixel_upsample and downsample_factor == 1:
         raise LatentFMError("--pixel-upsample brings down-sampled images back up: give --downsample F too")
     resize = {"downsample": downsample_factor, "pixel_upsample": pixel_upsample}
-    first = low_resolution(data.batch(torch.arange(1), device=dist.device)[0], resize)
+    first = low_resolution(data.read([0]).to(dist.device).floats(), resize)
     check_image_size(first.shape, autoencoder)
     with torch.no_grad():
         latent_shape = tuple(autoencoder.encode(first).shape[1:])
@@ -242,8 +254,20 @@ def build_cache(
         complete = prepare_cache(out, header, write=False)
     if complete:
         return (read_manifest(Path(out)) if dist.is_main else None), 0
-    written = encode_shards(
-        out, header, data, autoencoder, dist.device, batch_size, seed, dist.rank, dist.world_size, dist.is_main
+    written, replaced = encode_shards(
+        out,
+        header,
+        data,
+        autoencoder,
+        dist.device,
+        batch_size,
+        seed,
+        dist.rank,
+        dist.world_size,
+        dist.is_main,
+        config.data.workers,
     )
+    if replaced:
+        print(f"rank {dist.rank}: replaced {replaced} unreadable image files by the next readable one of their class")
     barrier()
     return (finalize_cache(out, data) if dist.is_main else None), written

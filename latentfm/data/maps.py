@@ -34,20 +34,6 @@ def read_map(file: str | Path, image_size: int | None = None) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def load_maps(files: list[Path], image_size: int | None = None) -> torch.Tensor:
-    """The maps of ``files`` as uint8 ``[N, 1, H, W]``; a missing file or another size is one line naming it."""
-    arrays = []
-    for file in files:
-        if not file.is_file():
-            raise LatentFMError(f"map {file} not found: data.maps_path needs one PNG per image, named like the image")
-        arrays.append(read_map(file, image_size))
-        if arrays[-1].shape != arrays[0].shape:
-            raise LatentFMError(
-                f"map {file} is {arrays[-1].shape}, {files[0]} is {arrays[0].shape}: set data.image_size"
-            )
-    return torch.from_numpy(np.stack(arrays))[:, None]
-
-
 def one_hot_maps(maps: torch.Tensor, classes: int) -> torch.Tensor:
     """Class-id maps ``[B, 1, H, W]`` as float one-hot ``[B, classes, H, W]``; ids outside ``0..classes-1`` are
     one line.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentfm.data import ImageData
+from latentfm.data import BatchRequest, ImageDataset, read_batches
 from latentfm.errors import LatentFMError
 from latentfm.evaluation.settings import KEEP_FEATURES
 from latentfm.image_io import quantise
@@ -44,21 +44,29 @@ def _extract(extractor: FeatureExtractor, images: torch.Tensor) -> tuple[np.ndar
 
 
 def reference_statistics(
-    data: ImageData,
+    data: ImageDataset,
     extractor: FeatureExtractor,
     source: dict[str, Any],
     keep: int = KEEP_FEATURES,
     seed: int = 0,
     progress: bool = False,
+    workers: int | None = None,
 ) -> ReferenceStats:
-    """Feature statistics of a dataset under ``extractor``'s protocol; ``source`` describes the images."""
-    stats, kept = FeatureStats(), []
+    """Feature statistics of a dataset under ``extractor``'s protocol, streamed batch by batch (images read by
+    ``workers`` processes, see ``latentfm.data.loader``); ``source`` describes the images."""
+    stats, kept, replaced = FeatureStats(), [], 0
     mask = kept_mask(len(data), keep, seed)
-    for start in tqdm(range(0, len(data), FEATURE_BATCH), desc="features", disable=not progress):
-        features, _ = _extract(extractor, data.images[start : start + FEATURE_BATCH])
+    starts = range(0, len(data), FEATURE_BATCH)
+    requests = [BatchRequest(torch.arange(start, min(start + FEATURE_BATCH, len(data)))) for start in starts]
+    batches = read_batches(data, requests, workers)
+    for start, batch in tqdm(zip(starts, batches), total=len(starts), desc="features", disable=not progress):
+        features, _ = _extract(extractor, batch.images)
         stats.update(features)
         kept.append(features[mask[start : start + FEATURE_BATCH]])
-    protocol = extractor.protocol(tuple(data.images.shape[1:]))
+        replaced += batch.skipped
+    if replaced:
+        print(f"replaced {replaced} unreadable image files by the next readable one of their class")
+    protocol = extractor.protocol(tuple(data.image_shape))
     source = {**source, "count": len(data), "fingerprint": data.fingerprint()}
     return ReferenceStats(stats.mean, stats.cov, np.concatenate(kept), stats.n, protocol, source)
 

@@ -20,7 +20,7 @@ from latentfm.autoencoders import Autoencoder
 from latentfm.autoencoders.kl import KLAutoencoder, PatchDiscriminator, kl_divergence, load_kl_autoencoder
 from latentfm.checkpoint import DataShapes
 from latentfm.config import AutoencoderRunConfig
-from latentfm.data import ImageData, load_data_config
+from latentfm.data import BatchRequest, ImageDataset, load_data_config, read_batches
 from latentfm.errors import LatentFMError
 from latentfm.image_io import save_grid
 from latentfm.metrics.reconstruction import psnr_8bit
@@ -46,10 +46,10 @@ class _Reconstruct(nn.Module):
 class AutoencoderTrainer(TrainingLoop):
     """Trains a KLAutoencoder from an AutoencoderRunConfig; ``run()`` resumes from the latest checkpoint."""
 
-    def __init__(self, config: AutoencoderRunConfig, data: ImageData | None = None):
+    def __init__(self, config: AutoencoderRunConfig, data: ImageDataset | None = None):
         super().__init__(config)
-        self.data = data if data is not None else load_data_config(config.data)
-        channels, height, width = self.data.images.shape[1:]
+        self.data = data if data is not None else self.load_images()
+        channels, height, width = self.data.image_shape
         factor = 2 ** (len(config.model.channel_mult) - 1)
         if height % factor or width % factor:
             raise LatentFMError(
@@ -91,14 +91,16 @@ class AutoencoderTrainer(TrainingLoop):
         """What ``load_kl_autoencoder`` checks: the checkpoint kind and the image and latent shapes."""
         return {
             "kind": "autoencoder",
-            "data": DataShapes(image_shape=list(self.data.images.shape[1:]), latent_shape=list(self.latent_shape)),
+            "data": DataShapes(image_shape=list(self.data.image_shape), latent_shape=list(self.latent_shape)),
         }
 
     def evaluate_reconstruction(self, checkpoint: Path, split: str) -> dict[str, Any]:
         """8-bit PSNR of the EMA autoencoder of ``checkpoint`` on ``split``, written to ``RUN/eval.json``."""
         data = load_data_config(self.config.data, split)
         autoencoder = load_kl_autoencoder(checkpoint).to(self.device)
-        psnr = reconstruction_psnr(autoencoder, data, device=self.device, progress=True)
+        psnr = reconstruction_psnr(
+            autoencoder, data, device=self.device, progress=True, workers=self.config.data.workers
+        )
         report = {"checkpoint": str(checkpoint), "split": split, "images": len(data), "psnr_db": psnr}
         write_bytes_atomic(self.run_dir / "eval.json", json.dumps(report, indent=1).encode())
         return report
@@ -108,8 +110,7 @@ class AutoencoderTrainer(TrainingLoop):
     def train_step(self) -> dict[str, torch.Tensor]:
         """One step of the autoencoder (and of the discriminator once the GAN term is on)."""
         loss_cfg, seed = self.config.loss, self.config.train.seed
-        indices, flips = self.batch_indices(len(self.data), self.step)
-        x, _ = self.data.batch(indices, flips, device=self.device)
+        x = self.step_images(self.data, self.step).floats()
         noise_shape = (self.config.train.batch_size, *self.latent_shape)
         noise = torch.randn(noise_shape, generator=generator(self.device, seed, NOISE, self.step), device=self.device)
         torch.manual_seed(derive_seed(seed, MODEL, self.step, self.dist.rank))
@@ -164,16 +165,21 @@ class AutoencoderTrainer(TrainingLoop):
 @torch.no_grad()
 def reconstruction_psnr(
     autoencoder: Autoencoder,
-    data: ImageData,
+    data: ImageDataset,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     limit: int | None = None,
     progress: bool = False,
+    workers: int | None = None,
 ) -> float:
-    """Mean 8-bit PSNR of ``decode(encode(x))`` over the first ``limit`` images of ``data`` (all by default)."""
+    """Mean 8-bit PSNR of ``decode(encode(x))`` over the first ``limit`` images of ``data`` (all by default), read
+    by ``workers`` processes (``latentfm.data.loader.read_batches``)."""
     total = min(len(data), limit or len(data))
+    requests = [BatchRequest(rows) for rows in torch.arange(total).split(batch_size)]
     values = []
-    for start in tqdm(range(0, total, batch_size), desc="reconstructing", disable=not progress):
-        images, _ = data.batch(torch.arange(start, min(start + batch_size, total)), device=device)
+    for batch in tqdm(
+        read_batches(data, requests, workers, device), total=len(requests), desc="reconstructing", disable=not progress
+    ):
+        images = batch.floats()
         values.append(psnr_8bit(images.cpu(), autoencoder.decode(autoencoder.encode(images)).float().cpu()))
     return float(torch.cat(values).mean())

@@ -9,6 +9,7 @@ as one process with batch ``B``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -27,6 +28,7 @@ from latentfm import __version__
 from latentfm import checkpoint as ckpt
 from latentfm.atomic import exclusive_directory, remove_leftovers, write_bytes_atomic
 from latentfm.config import OptimConfig, config_from_dict, config_to_dict
+from latentfm.data import BatchRequest, ImageBatch, ImageDataset, load_data_config, read_batches
 from latentfm.distributed import barrier, mean_across_ranks, setup_distributed
 from latentfm.errors import LatentFMError, Terminated, first_difference
 from latentfm.seeding import generator
@@ -131,6 +133,8 @@ class TrainingLoop:
         self.nonfinite_in_row = 0
         self.eval_every = 0  # steps between calls of ``evaluate`` (0: never)
         self._order: tuple[int, torch.Tensor] | None = None
+        self._images: tuple[int, Iterator[ImageBatch]] | None = None  # the next step and the batches from it
+        self.replaced_files = 0  # unreadable image files replaced by the next readable one (data.skip_corrupt)
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast when the run's precision asks for it, else a disabled context."""
@@ -203,6 +207,38 @@ class TrainingLoop:
         if self.config.data.hflip:
             flips = (torch.rand(batch, generator=generator("cpu", seed, STEP, step)) < 0.5)[self.rank_slice()]
         return indices[self.rank_slice()], flips
+
+    def load_images(self) -> ImageDataset:
+        """The run's ``data`` section as a dataset; a folder's index is kept in ``RUN/data_index.npz`` (the other
+        ranks read it), and a resumed run refuses a folder that changed since."""
+        data = self.config.data
+        index_file = self.run_dir / "data_index.npz" if data.dataset == "folder" else None
+        resuming = bool(ckpt.list_checkpoints(self.run_dir))
+        dataset = load_data_config(data, index_file=index_file, refuse_change=resuming)
+        if self.dist.is_main:
+            for note in dataset.notes + (
+                [f"skipped {dataset.skipped} unreadable image files"] if dataset.skipped else []
+            ):
+                print(note)
+        return dataset
+
+    def step_images(self, data: ImageDataset, step: int) -> ImageBatch:
+        """This rank's images of ``step`` on the device, read ahead by ``data.workers`` processes (a stream of
+        steps from ``step`` on; asking for another step than the next one starts a new stream)."""
+        if self._images is None or self._images[0] != step:
+            self.close_images()
+            requests = (BatchRequest(*self.batch_indices(len(data), s)) for s in itertools.count(step))
+            self._images = (step, read_batches(data, requests, self.config.data.workers, self.device))
+        batch = next(self._images[1])
+        self._images = (step + 1, self._images[1])
+        self.replaced_files += batch.skipped
+        return batch
+
+    def close_images(self) -> None:
+        """Stop the worker processes of the image stream, if one runs."""
+        if self._images is not None:
+            self._images[1].close()
+            self._images = None
 
     # -- resume --------------------------------------------------------------------------------------
 
@@ -309,6 +345,9 @@ class TrainingLoop:
         record["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step - 1)
         record["skipped_steps"] = self.skipped_steps
         record["images_per_s"] = window * self.config.train.batch_size / seconds
+        replaced = mean_across_ranks(torch.tensor(float(self.replaced_files), device=self.device))
+        if replaced > 0:  # every rank's count (mean times ranks), for data.skip_corrupt
+            record["replaced_unreadable_files"] = round(float(replaced) * self.dist.world_size)
         if self.dist.is_main:
             self._append_metrics(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -341,6 +380,7 @@ class TrainingLoop:
                 raise
             finally:
                 bar.close()
+                self.close_images()
             return self.save()
 
     @contextmanager

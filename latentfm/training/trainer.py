@@ -18,7 +18,7 @@ from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity, latent_norm_for
 from latentfm.condition import Condition
 from latentfm.config import Config
-from latentfm.data import EncodedImages, ImageData, LatentCache, load_data_config
+from latentfm.data import BatchRequest, EncodedImages, ImageBatch, ImageDataset, LatentCache, read_batches
 from latentfm.data.latent_cache import check_cache_autoencoder
 from latentfm.errors import LatentFMError
 from latentfm.flow import FlowObjective, FlowSample, build_coupling, build_path, build_time_sampler, flow_matching_loss
@@ -35,14 +35,14 @@ from latentfm.training.loop import ENCODE, INIT, MODEL, NOISE, NORM, TASK, Train
 class Trainer(TrainingLoop):
     """Trains a flow model from a Config; ``run()`` resumes from the run directory's latest checkpoint.
 
-    ``data`` may be given directly (an in-memory ImageData) instead of through ``config.data``.
+    ``data`` may be given directly (an ``ImageDataset``) instead of through ``config.data``.
     ``make_evaluation(image_shape, device)`` builds the evaluator that scores EMA samples every ``eval.every``
     steps (``latentfm.evaluation.training_evaluation`` makes it from the ``eval`` section).
     """
 
     checkpoint_kind = "flow"
 
-    def __init__(self, config: Config, data: ImageData | None = None, make_evaluation: Callable | None = None):
+    def __init__(self, config: Config, data: ImageDataset | None = None, make_evaluation: Callable | None = None):
         super().__init__(config)
         train = config.train
         self.task = build_task(config.task)
@@ -56,7 +56,7 @@ class Trainer(TrainingLoop):
                 raise LatentFMError(
                     f"task.kind={self.task.kind} builds its condition from the images: unset data.latent_cache"
                 )
-        if self.task.needs_maps and self.latents.data.maps is None:
+        if self.task.needs_maps and not self.latents.data.has_maps:
             raise LatentFMError("task.map_source=data needs maps: set data.maps_path to a folder of class-id PNGs")
         if len(self.latents) < train.batch_size:
             raise LatentFMError(f"train.batch_size={train.batch_size} exceeds the {len(self.latents)} training items")
@@ -108,7 +108,7 @@ class Trainer(TrainingLoop):
         """FD (and class accuracy) of EMA samples drawn with the recipe's sampler (the ``sample`` section)."""
         return self.evaluation(self.pipeline(), self.config.eval.samples, self.config.train.seed, self.sampler)
 
-    def _latent_source(self, data: ImageData | None) -> tuple[Autoencoder, LatentCache | EncodedImages]:
+    def _latent_source(self, data: ImageDataset | None) -> tuple[Autoencoder, LatentCache | EncodedImages]:
         """The autoencoder and where latents come from: ``data.latent_cache`` if set, else images encoded
         on the fly (``data`` if given, else ``config.data``)."""
         spec, cache_dir = self.config.autoencoder, self.config.data.latent_cache
@@ -116,11 +116,8 @@ class Trainer(TrainingLoop):
             cache = LatentCache(cache_dir)
             return build_autoencoder(spec, image_channels=cache.image_shape[0]).to(self.device), cache
         if data is None:
-            data = load_data_config(self.config.data)
-        if self.dist.is_main:
-            for note in data.notes + ([f"skipped {data.skipped} unreadable image files"] if data.skipped else []):
-                print(note)
-        autoencoder = build_autoencoder(spec, image_channels=data.images.shape[1]).to(self.device)
+            data = self.load_images()
+        autoencoder = build_autoencoder(spec, image_channels=data.image_shape[0]).to(self.device)
         return autoencoder, EncodedImages(data, autoencoder)
 
     def _low_latent_cache(self) -> LatentCache | None:
@@ -152,10 +149,11 @@ class Trainer(TrainingLoop):
         if isinstance(self.latents, LatentCache):
             return self.latents.moments()
         order = torch.randperm(len(self.latents), generator=generator("cpu", self.config.train.seed, NORM))
-        torch.manual_seed(derive_seed(self.config.train.seed, NORM))  # posterior samples
         size = self.config.train.batch_size  # the same on every rank and for any number of ranks
-        batches = order[: self.config.autoencoder.norm_batches * size].split(size)
-        return LatentNorm.moments(self.latents.batch(indices, device=self.device)[0] for indices in batches)
+        requests = [BatchRequest(rows) for rows in order[: self.config.autoencoder.norm_batches * size].split(size)]
+        images = read_batches(self.latents.data, requests, self.config.data.workers, self.device)
+        torch.manual_seed(derive_seed(self.config.train.seed, NORM))  # posterior samples
+        return LatentNorm.moments(self.autoencoder.encode(batch.floats()).float() for batch in images)
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
@@ -192,30 +190,40 @@ class Trainer(TrainingLoop):
         """This rank's part of ``step``'s batch, drawn statelessly from the global batch."""
         indices, flips = self.batch_indices(len(self.latents), step)
         part = self.rank_slice()
-        return self._batch(step, indices, flips, range(part.start, part.stop))
+        images = None if isinstance(self.latents, LatentCache) else self.step_images(self.latents.data, step)
+        return self._batch(step, indices, flips, range(part.start, part.stop), images)
 
     @torch.no_grad()
-    def _batch(self, step: int, indices: torch.Tensor, flips: torch.Tensor | None, rows: range) -> TrainingBatch:
-        """The task's view of dataset ``indices`` (global ``rows`` of ``step``'s batch): normalised latents,
-        labels, and the images and maps when the task needs them."""
+    def _batch(
+        self,
+        step: int,
+        indices: torch.Tensor,
+        flips: torch.Tensor | None,
+        rows: range,
+        images: ImageBatch | None = None,
+    ) -> TrainingBatch:
+        """The task's view of dataset ``indices`` (global ``rows`` of ``step``'s batch; their ``images`` as read,
+        else read here): normalised latents, labels, and the images and maps when the task needs them."""
         seed = self.config.train.seed
+        if images is None and isinstance(self.latents, EncodedImages):
+            images = self.latents.data.read(indices, flips).to(self.device)
         torch.manual_seed(derive_seed(seed, ENCODE, step, self.dist.rank))  # posterior samples
-        images = maps = None
-        if self.task.needs_images:
-            images, labels = self.latents.data.batch(indices, flips, device=self.device)
-            latents = self.autoencoder.encode(images).float()
-            maps = self.latents.data.map_batch(indices, flips, device=self.device)
-        else:
+        pixels = maps = None
+        if images is None:
             latents, labels = self.latents.batch(indices, flips, device=self.device)
+        else:
+            pixels, labels, maps = images.floats(), images.labels, images.maps
+            latents = self.autoencoder.encode(pixels).float()
+        needs_images = self.task.needs_images
         low = None if self.low_latents is None else self.low_latents.batch(indices, flips, device=self.device)[0]
         return TrainingBatch(
             x1=self.latent_norm.normalize(latents),
             labels=labels,
-            images=images,
-            maps=maps,
+            images=pixels if needs_images else None,
+            maps=maps if needs_images else None,
             low_latents=None if low is None else self.latent_norm.normalize(low),
             rows=torch.tensor(list(rows), device=self.device),
-            seeds=[derive_seed(seed, TASK, step, row) for row in rows] if self.task.needs_images else None,
+            seeds=[derive_seed(seed, TASK, step, row) for row in rows] if needs_images else None,
         )
 
     def path_batch(self) -> tuple[Condition, FlowSample]:
