@@ -85,6 +85,53 @@ def image_cases(root: Path) -> list[tuple[str, str, list[str]]]:
     return [("image", name, folder_case(root, str(i), make)) for i, (name, make) in enumerate(makers.items())]
 
 
+def data_cases(root: Path) -> list[tuple[str, str, list[str]]]:
+    """``latentfm encode`` (it reads every image) of folders that are missing, empty, or hold a bad file, and of a
+    folder that changed since its cache was started."""
+
+    def folder(name: str, count: int = 40, colour_at: str | None = None) -> Path:
+        path = root / f"data_{name}"
+        path.mkdir()
+        for i in range(count):
+            image(path / f"{i:03d}.png", np.roll(pixels(), i, axis=0)[:, :, 0])
+        if colour_at:
+            image(path / colour_at, pixels())
+        return path
+
+    def encode(path: Path, name: str, *extra: str) -> list[str]:
+        config = root / f"data_{name}.yaml"
+        config.write_text(f"data:\n  dataset: folder\n  path: {path}\n  workers: 1\n")
+        return ["encode", "--config", str(config), "--out", str(root / f"cache_{name}"), "--device", "cpu", *extra]
+
+    classes = root / "data_classes"
+    (classes / "a").mkdir(parents=True)
+    (classes / "b").mkdir()
+    image(classes / "a" / "0.png", pixels())
+    truncated = folder("truncated")
+    (truncated / "017.png").write_bytes((truncated / "017.png").read_bytes()[:40])
+    changed = folder("changed")
+    run(encode(changed, "changed"))
+    image(changed / "new.png", pixels()[:, :, 0])
+    (root / "data_empty").mkdir()
+    return [
+        ("data", "image folder not there", encode(root / "data_missing", "missing")),
+        ("data", "empty folder", encode(root / "data_empty", "empty")),
+        ("data", "class folder with no images", encode(classes, "classes")),
+        ("data", "truncated image (strict)", encode(truncated, "strict")),
+        (
+            "data",
+            "truncated image, data.skip_corrupt=true (read, replaced)",
+            encode(truncated, "skip", "data.skip_corrupt=true"),
+        ),
+        (
+            "data",
+            "colour image in a folder whose sampled images are grey",
+            encode(folder("colour", 200, "101b.png"), "colour"),
+        ),
+        ("data", "folder changed since its cache was started", encode(changed, "changed")),
+    ]
+
+
 def config_cases(root: Path) -> list[tuple[str, str, list[str]]]:
     overrides = [
         "train.steps=0",
@@ -202,7 +249,7 @@ def main_() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="latentfm-bad-") as tmp:
         root = Path(tmp)
-        cases = image_cases(root) + config_cases(root) + checkpoint_cases(root) + output_cases(root)
+        cases = image_cases(root) + data_cases(root) + config_cases(root) + checkpoint_cases(root) + output_cases(root)
         for kind, name, command in cases:
             code, line = run(command)
             rows.append({"kind": kind, "input": name, "exit": code, "message": line.replace(tmp, "TMP")})

@@ -4,6 +4,8 @@ memory-mapped latent cache of ImageNet's size. Results go to ``benchmarks/result
 
     python benchmarks/data_loader.py make-fashion-folder --out /work/bench_data/fashion_png
     python benchmarks/data_loader.py loader-rate --folder /work/bench_data/folder_100000 --batch 128
+    python benchmarks/data_loader.py make-imagenet-like --out /work/bench_data/imagenet_like --n 1000
+    python benchmarks/data_loader.py loader-rate --folder /work/bench_data/imagenet_like --image-size 256 --batch 32
     python benchmarks/data_loader.py fashion-ab --folder /work/bench_data/fashion_png --steps 300
     python benchmarks/data_loader.py cache-rate --out /work/bench_data/cache_imagenet --count 1281167
 
@@ -52,6 +54,22 @@ def make_fashion_folder(args: argparse.Namespace) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(data.images[row, 0].numpy()).save(path)
     print(f"{len(data)} PNGs in {args.out}")
+
+
+def make_imagenet_like(args: argparse.Namespace) -> None:
+    """JPEGs shaped like ImageNet's training images (500x375, quality 90, textured so that a file is about 100 KB
+    like ImageNet's average): what one decode and ADM crop to 256 costs."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for index in range(args.n):
+        rng = np.random.default_rng(index)
+        y, x = np.mgrid[0:375, 0:500] / 500.0
+        base = np.stack([np.sin(x * rng.uniform(2, 20) + c) * np.cos(y * rng.uniform(2, 20)) for c in range(3)], -1)
+        noise = rng.normal(0, 0.25, (375, 500, 3))
+        pixels = np.clip((base * 0.4 + 0.5 + noise) * 255, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(out / f"{index:05d}.jpg", quality=90)
+    sizes = [p.stat().st_size for p in out.iterdir()]
+    print(f"{len(sizes)} JPEGs of 500x375 in {out}, mean {np.mean(sizes) / 1e3:.0f} KB")
 
 
 def loader_rate(args: argparse.Namespace) -> None:
@@ -128,6 +146,10 @@ def main() -> None:
     fashion = commands.add_parser("make-fashion-folder", help=make_fashion_folder.__doc__)
     fashion.add_argument("--out", required=True)
     fashion.set_defaults(run=make_fashion_folder)
+    imagenet = commands.add_parser("make-imagenet-like", help=make_imagenet_like.__doc__)
+    imagenet.add_argument("--out", required=True)
+    imagenet.add_argument("--n", type=int, default=1000)
+    imagenet.set_defaults(run=make_imagenet_like)
     rate = commands.add_parser("loader-rate", help=loader_rate.__doc__)
     rate.add_argument("--folder", required=True)
     rate.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])

@@ -49,6 +49,11 @@ def setup_distributed(device_name: str) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
+def is_main_rank() -> bool:
+    """True in a single process and on rank 0 of a joined process group."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if dist.is_initialized():

@@ -50,7 +50,7 @@ def test_digits_shapes_range_and_classes():
     assert int(data.images.min()) == 0 and int(data.images.max()) == 255
     assert data.num_classes == 10 and data.class_names == [str(i) for i in range(10)]
     assert sorted(data.labels.unique().tolist()) == list(range(10))
-    assert len(data) == 1797 and data.skipped == 0
+    assert len(data) == 1797
 
 
 def test_digits_values_scale_from_sklearn():

@@ -60,7 +60,6 @@ class ImageDataset:
     image_shape: tuple[int, int, int]  # (C, H, W) of every image as read
     has_maps: bool = False
     in_memory: bool = True  # arrays already: nothing to decode, so no worker processes by default
-    skipped: int = 0  # unreadable files left out when loading (in-memory data; folders count per ImageBatch)
     notes: list[str]  # what loading decided that the user should hear
 
     def __len__(self) -> int:
@@ -91,7 +90,6 @@ class ImageData(ImageDataset):
     labels: torch.Tensor | None
     num_classes: int
     class_names: list[str]
-    skipped: int = 0
     maps: torch.Tensor | None = None  # uint8 class-id maps [N, 1, H, W]
     notes: list[str] = field(default_factory=list)
 

@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 from latentfm.atomic import write_bytes_atomic
-from latentfm.data.dataset import ImageBatch, ImageDataset, flip_rows
+from latentfm.data.dataset import ImageBatch, ImageDataset
 from latentfm.data.maps import read_map
-from latentfm.distributed import barrier
+from latentfm.distributed import barrier, is_main_rank
 from latentfm.errors import LatentFMError
 from latentfm.image_io import PIL_MODES, convert_image, square_resize
 
@@ -185,7 +185,7 @@ def open_folder(
     root = Path(path)
     if index_file is None:
         return scan_folder(root)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_rank():
         index = scan_folder(root)
         saved = FolderIndex.load(index_file, root) if Path(index_file).is_file() else None
         change = None if saved is None else saved.difference(index)
@@ -230,7 +230,6 @@ class ImageFolder(ImageDataset):
         self.labels = torch.from_numpy(index.labels) if labelled else None
         self.class_names, self.num_classes = list(index.class_names), len(index.class_names)
         self.notes: list[str] = []
-        self.skipped = 0
         grey, size = self._sample_headers()
         self.decided_channels = channels is None
         if channels is None:
@@ -278,23 +277,25 @@ class ImageFolder(ImageDataset):
 
     def read(self, indices: Sequence[int] | torch.Tensor, flips: torch.Tensor | None = None) -> ImageBatch:
         """Decode the rows ``indices`` (cropped and resized to ``image_size``), mirrored where ``flips`` is true."""
-        rows, skipped = [], 0
-        for row in torch.as_tensor(indices).tolist():
+        rows = torch.as_tensor(indices, dtype=torch.int64)
+        mirrored = [False] * len(rows) if flips is None else flips.bool().tolist()
+        channels, height, width = self.image_shape
+        images = np.empty((len(rows), height, width, channels), np.uint8)
+        skipped = 0
+        for i, row in enumerate(rows.tolist()):
             image, used = self._decode(row), row
             while image is None:
                 used = self._next_in_class(used)
                 if used == row:
                     raise LatentFMError(f"image {self.index.path(row)}: no readable image in its class to replace it")
                 image, skipped = self._decode(used), skipped + 1
-            rows.append(image)
-        images = torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).contiguous()
-        rows_read = torch.as_tensor(indices, dtype=torch.int64)
-        labels = None if self.labels is None else self.labels[rows_read]
+            images[i] = _mirror(image, mirrored[i])
         maps = None
         if self.maps_root is not None:
-            maps = torch.from_numpy(np.stack([self._read_map(row) for row in rows_read.tolist()]))[:, None]
-        flip = None if flips is None else flips.bool()
-        return ImageBatch(flip_rows(images, flip), labels, None if maps is None else flip_rows(maps, flip), skipped)
+            maps = np.stack([_mirror(self._read_map(row), m) for row, m in zip(rows.tolist(), mirrored)])
+            maps = torch.from_numpy(maps)[:, None]
+        labels = None if self.labels is None else self.labels[rows]
+        return ImageBatch(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, maps, skipped)
 
     def _next_in_class(self, row: int) -> int:
         """The row after ``row`` in its class (the index holds classes in order), wrapping to the class's first."""
@@ -343,6 +344,11 @@ class ImageFolder(ImageDataset):
                 f"map {file} is {found.shape}, the images are {self.image_shape[1:]}: set data.image_size"
             )
         return found
+
+
+def _mirror(array: np.ndarray, flip: bool) -> np.ndarray:
+    """``array`` (H, W, ...) mirrored left-right when ``flip`` (a view: the caller's copy does the work)."""
+    return array[:, ::-1] if flip else array
 
 
 def _is_grey(img: Image.Image) -> bool:

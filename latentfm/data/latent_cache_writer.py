@@ -4,7 +4,7 @@ and the reader are in ``latentfm.data.latent_cache``."""
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentfm.atomic import remove_leftovers, write_bytes_atomic
+from latentfm.atomic import atomic_file, remove_leftovers, write_bytes_atomic
 from latentfm.autoencoders import build_autoencoder
 from latentfm.autoencoders.base import Autoencoder, LatentNorm, autoencoder_identity, check_image_size
 from latentfm.config import Config
@@ -34,6 +34,8 @@ from latentfm.distributed import barrier, setup_distributed
 from latentfm.errors import LatentFMError
 from latentfm.image_io import area_downsample, bicubic_upsample
 from latentfm.seeding import derive_seed
+
+MOMENT_ROWS = 256  # latents per step of the moments pass over the finished shards (bounded memory)
 
 
 def cache_header(
@@ -108,9 +110,9 @@ def prepare_cache(directory: str | Path, header: dict[str, Any], write: bool = T
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    write_bytes_atomic(path, buffer.getvalue())
+    """``array`` as an ``.npy`` file that appears complete or not at all (written straight from the array)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
 
 
 @torch.no_grad()
@@ -138,27 +140,35 @@ def encode_shards(
     todo = [s for s in range(rank, shard_count(header), world_size) if not shard_path(directory, s).is_file()]
     chunks = {s: torch.arange(s * size, min((s + 1) * size, len(data))).split(batch_size) for s in todo}
     batches = read_batches(data, (BatchRequest(c) for s in todo for c in chunks[s]), workers, device)
-    bar = tqdm(total=sum(min(size, len(data) - s * size) for s in todo), desc="encoding", disable=not progress)
+    total = sum(min(size, len(data) - s * size) for s in todo)
     replaced = 0
-    for shard in todo:
-        torch.manual_seed(derive_seed(seed, shard))
-        parts = []
-        for chunk in chunks[shard]:
-            batch = next(batches)
-            images = low_resolution(batch.floats(), header)
-            views = [images, images.flip(-1)] if header["hflip"] else [images]
-            parts.append(torch.stack([autoencoder.encode(v).float() for v in views], dim=1).cpu())
-            replaced += batch.skipped
-            bar.update(len(chunk))
-        latents = torch.cat(parts).numpy().astype(DTYPES[header["dtype"]])
-        if list(latents.shape[2:]) != header["latent_shape"]:
-            raise LatentFMError(
-                f"the autoencoder gave latents of shape {list(latents.shape[2:])}, expected {header['latent_shape']}"
-            )
-        _save_npy(shard_path(directory, shard), latents)
-    bar.close()
-    batches.close()
+    views = 2 if header["hflip"] else 1
+    with tqdm(total=total, desc="encoding", disable=not progress) as bar, contextlib.closing(batches):
+        for shard in todo:
+            torch.manual_seed(derive_seed(seed, shard))
+            rows = min(size, len(data) - shard * size)
+            latents = np.empty((rows, views, *header["latent_shape"]), DTYPES[header["dtype"]])
+            done = 0
+            for chunk in chunks[shard]:
+                batch = next(batches)
+                images = low_resolution(batch.floats(), header)
+                for view, flipped in enumerate([images, images.flip(-1)][:views]):
+                    latents[done : done + len(chunk), view] = _encode(autoencoder, flipped, header)
+                done += len(chunk)
+                replaced += batch.skipped
+                bar.update(len(chunk))
+            _save_npy(shard_path(directory, shard), latents)
     return len(todo), replaced
+
+
+def _encode(autoencoder: Autoencoder, images: torch.Tensor, header: dict[str, Any]) -> np.ndarray:
+    """Float32 latents of ``images``, checked against the cache's latent shape."""
+    latents = autoencoder.encode(images).float().cpu()
+    if list(latents.shape[1:]) != header["latent_shape"]:
+        raise LatentFMError(
+            f"the autoencoder gave latents of shape {list(latents.shape[1:])}, expected {header['latent_shape']}"
+        )
+    return latents.numpy()
 
 
 def low_resolution(images: torch.Tensor, header: dict[str, Any]) -> torch.Tensor:
@@ -180,8 +190,11 @@ def finalize_cache(directory: str | Path, data: ImageDataset) -> dict[str, Any]:
         raise LatentFMError(f"latent cache {directory} misses {len(missing)} shards; rerun latentfm encode")
     if data.labels is not None:
         _save_npy(directory / "labels.npy", data.labels.numpy().astype(np.int64))
-    shards = (torch.from_numpy(np.load(shard_path(directory, s))).flatten(0, 1) for s in range(shard_count(manifest)))
-    mean, var = LatentNorm.moments(shards)
+    mean, var = LatentNorm.moments(
+        torch.from_numpy(np.array(latents[start : start + MOMENT_ROWS])).flatten(0, 1)
+        for latents in (np.load(shard_path(directory, s), mmap_mode="r") for s in range(shard_count(manifest)))
+        for start in range(0, len(latents), MOMENT_ROWS)
+    )
     manifest.update(complete=True, moments={"mean": mean, "var": var})
     write_bytes_atomic(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest

@@ -3,6 +3,7 @@ class accuracy); the training-time evaluator."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from functools import partial
@@ -59,11 +60,13 @@ def reference_statistics(
     starts = range(0, len(data), FEATURE_BATCH)
     requests = [BatchRequest(torch.arange(start, min(start + FEATURE_BATCH, len(data)))) for start in starts]
     batches = read_batches(data, requests, workers)
-    for start, batch in tqdm(zip(starts, batches), total=len(starts), desc="features", disable=not progress):
-        features, _ = _extract(extractor, batch.images)
-        stats.update(features)
-        kept.append(features[mask[start : start + FEATURE_BATCH]])
-        replaced += batch.skipped
+    with tqdm(total=len(requests), desc="features", disable=not progress) as bar, contextlib.closing(batches):
+        for start, batch in zip(starts, batches):
+            features, _ = _extract(extractor, batch.images)
+            stats.update(features)
+            kept.append(features[mask[start : start + FEATURE_BATCH]])
+            replaced += batch.skipped
+            bar.update(1)
     if replaced:
         print(f"replaced {replaced} unreadable image files by the next readable one of their class")
     protocol = extractor.protocol(tuple(data.image_shape))

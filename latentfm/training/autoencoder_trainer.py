@@ -7,6 +7,7 @@ exact resume, DDP, EMA, bf16 autocast on GPU, progress, atomic checkpoints. The 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,10 @@ def reconstruction_psnr(
     by ``workers`` processes (``latentfm.data.loader.read_batches``)."""
     total = min(len(data), limit or len(data))
     requests = [BatchRequest(rows) for rows in torch.arange(total).split(batch_size)]
-    values = []
-    for batch in tqdm(
-        read_batches(data, requests, workers, device), total=len(requests), desc="reconstructing", disable=not progress
-    ):
-        images = batch.floats()
-        values.append(psnr_8bit(images.cpu(), autoencoder.decode(autoencoder.encode(images)).float().cpu()))
+    values, batches = [], read_batches(data, requests, workers, device)
+    with tqdm(total=len(requests), desc="reconstructing", disable=not progress) as bar, contextlib.closing(batches):
+        for batch in batches:
+            images = batch.floats()
+            values.append(psnr_8bit(images.cpu(), autoencoder.decode(autoencoder.encode(images)).float().cpu()))
+            bar.update(1)
     return float(torch.cat(values).mean())

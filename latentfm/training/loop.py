@@ -216,9 +216,7 @@ class TrainingLoop:
         resuming = bool(ckpt.list_checkpoints(self.run_dir))
         dataset = load_data_config(data, index_file=index_file, refuse_change=resuming)
         if self.dist.is_main:
-            for note in dataset.notes + (
-                [f"skipped {dataset.skipped} unreadable image files"] if dataset.skipped else []
-            ):
+            for note in dataset.notes:
                 print(note)
         return dataset
 
