@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
-# On a CPU machine torch==2.13.0 (CPU build) is installed first, so pip never pulls a multi-GB CUDA build.
+# torch==2.13.0 is installed first (TORCH may add pip options, e.g. "--index-url https://download.pytorch.org/whl/cpu"
+# for the CPU build on a machine whose pip would otherwise take PyPI's CUDA build).
 # Bring your own torch: `make demo TORCH=` skips the torch install (use VENV_FLAGS=--system-site-packages
 # to see a system-wide torch from the venv).
 PYTHON ?= python3
@@ -13,7 +14,7 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	@if [ -n "$(TORCH)" ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
-		$(BIN)/pip install --quiet "$(TORCH)"; fi
+		$(BIN)/pip install --quiet $(TORCH); fi
 
 $(BIN)/latentfm: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,diffusers]"

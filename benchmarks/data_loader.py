@@ -96,6 +96,8 @@ def fashion_ab(args: argparse.Namespace) -> None:
     workers); wall-clock of each and whether the final weights are equal."""
     runs = Path(args.runs)
     sources = {"idx": [], "folder": ["data.dataset=folder", f"data.path={args.folder}", "data.channels=1"]}
+    if args.folder_first:
+        sources = {"folder": sources["folder"], "idx": sources["idx"]}
     walls = {}
     for name, source in sources.items():
         out = runs / f"fashion_{name}"
@@ -109,7 +111,7 @@ def fashion_ab(args: argparse.Namespace) -> None:
     step = f"step_{args.steps:08d}"
     final = [load_file(runs / f"fashion_{n}" / "checkpoints" / step / "ema.safetensors") for n in sources]
     equal = all(torch.equal(final[0][k], final[1][k]) for k in final[0])
-    record({"bench": "fashion_ab", "steps": args.steps, "idx_s": round(walls["idx"], 1),
+    record({"bench": "fashion_ab", "order": list(sources), "steps": args.steps, "idx_s": round(walls["idx"], 1),
             "folder_s": round(walls["folder"], 1), "ratio": round(walls["folder"] / walls["idx"], 4),
             "equal_ema_weights": equal})  # fmt: skip
 
@@ -161,6 +163,7 @@ def main() -> None:
     ab.add_argument("--folder", required=True)
     ab.add_argument("--steps", type=int, default=300)
     ab.add_argument("--runs", default="/tmp/latentfm_fashion_ab")
+    ab.add_argument("--folder-first", action="store_true", help="run the folder first (the order's effect)")
     ab.set_defaults(run=fashion_ab)
     cache = commands.add_parser("cache-rate", help=cache_rate.__doc__)
     cache.add_argument("--out", required=True)

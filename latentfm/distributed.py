@@ -26,22 +26,27 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks this rank's GPU when CUDA is available, else the CPU."""
+def resolve_device(name: str, local_rank: int = 0, what: str = "train.device") -> torch.device:
+    """``auto`` picks this rank's GPU when CUDA is available, else the CPU; ``what`` names the setting in errors
+    (``train.device``, ``--device``)."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LatentFMError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
+        raise LatentFMError(f"{what} {name}: CUDA is not available here; use cpu or auto")
     if name == "cuda":
         return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise LatentFMError(f"{what} {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
 
 
-def setup_distributed(device_name: str) -> DistInfo:
-    """Join the ``torchrun`` process group when WORLD_SIZE > 1; a single process otherwise."""
+def setup_distributed(device_name: str, what: str = "train.device") -> DistInfo:
+    """Join the ``torchrun`` process group when WORLD_SIZE > 1; a single process otherwise (``what`` names the
+    device setting in errors)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank, what)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

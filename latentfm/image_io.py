@@ -89,6 +89,23 @@ def write_samples(out: Path, images: torch.Tensor, labels: torch.Tensor | None, 
     write_bytes_atomic(out / "samples.npz", buffer.getvalue())
 
 
+def write_image_folder(folder: Path, images: torch.Tensor) -> None:
+    """One PNG per image, ``FOLDER/000000.png`` on, in order (what clean-fid and torch-fidelity read)."""
+    for index, image in enumerate(to_uint8(images)):
+        save_png(image, folder / f"{index:06d}.png")
+
+
+def write_adm_batch(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """An ``.npz`` as ADM's evaluator reads it: ``arr_0`` uint8 N×H×W×3 (grey repeated to RGB) and, for a
+    conditional model, ``arr_1`` int64 labels."""
+    array = to_uint8(images)
+    array = np.repeat(array[..., None], 3, axis=-1) if array.ndim == 3 else array
+    arrays = {"arr_0": array} if labels is None else {"arr_0": array, "arr_1": labels.numpy().astype(np.int64)}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def open_image(path: str | Path, what: str = "image") -> Image.Image:
     """A loaded Pillow image, or one line naming the file (``what`` says what it was meant to be)."""
     try:

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from latentfm.cli import _parse_labels, main
+from latentfm.cli import main
+from latentfm.cli.inputs import parse_labels
 from latentfm.config import Config, load_config
 from latentfm.data import load_dataset
 from latentfm.errors import LatentFMError
@@ -234,7 +235,7 @@ def test_any_config_override_loads_or_is_refused_in_one_line(key, value):
 @given(text=st.text(alphabet="0123456789,- a", max_size=16))
 def test_any_label_list_parses_or_is_refused(text):
     try:
-        labels = _parse_labels(text, 10)
+        labels = parse_labels(text, 10)
     except LatentFMError as error:
         assert "\n" not in str(error)
     else:

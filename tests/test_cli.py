@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from latentfm.cli import build_parser, main
 
@@ -23,6 +25,7 @@ COMMANDS = [
     "stats",
     "eval",
     "demo",
+    "info",
 ]
 
 
@@ -57,6 +60,35 @@ def test_errors_are_one_line_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["sample", "--checkpoint", "x", "--out", "o", "--device", "tpu"], "'tpu' is not a device"),
+        (["sample", "--checkpoint", "x", "--out", "o", "--batch-size", "0"], "--batch-size: 0 must be at least 1"),
+        (["sample", "--checkpoint", "x", "--out", "o", "--seed", "-1"], "--seed: -1 must be at least 0"),
+        (["eval", "--checkpoint", "x", "--reference", "r", "--features", "f", "--out", "o", "--n", "0"], "--n"),
+        (["sample", "--checkpoint", "x", "--out", "pyproject.toml"], "pyproject.toml is a file: give a directory"),
+        (["sample", "--checkpoint", "x", "--out", "pyproject.toml/a/b"], "pyproject.toml is a file"),
+        (["stats", "--dataset", "digits", "--features", "f", "--out", "tests"], "tests is a directory"),
+    ],
+)
+def test_bad_flags_are_refused_by_the_parser(args, message, capsys):
+    """argparse's own refusal: exit 2, the usage line and one error line naming the flag."""
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err.strip().splitlines()[-1]
+
+
+def test_version_and_a_missing_gpu_named_by_its_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("latentfm 0.")
+    if not torch.cuda.is_available():
+        assert main(["sample", "--checkpoint", "x", "--out", "o", "--device", "cuda"]) == 2
+        assert "--device cuda: CUDA is not available here" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cli") / "run"
@@ -74,6 +106,18 @@ def test_sample_writes_grid_and_arrays_deterministically(trained_run, tmp_path):
     assert np.array_equal(first["images"], second["images"])  # same seed, any batch size
     assert (tmp_path / "a" / "samples.png").stat().st_size > 100
     assert '"nfe": 4' in (tmp_path / "a" / "stats.json").read_text()
+
+
+def test_sample_writes_one_png_per_image_and_an_adm_batch(trained_run, tmp_path):
+    args = ["sample", "--checkpoint", str(trained_run), "--labels", "2,5", "--n", "3", "--nfe", "2", "--out"]
+    assert main([*args, str(tmp_path), "--png-folder", "--adm-npz"]) == 0
+    images = np.load(tmp_path / "samples.npz")["images"]
+    pngs = sorted((tmp_path / "images").iterdir())
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(6)]
+    assert np.array_equal(np.asarray(Image.open(pngs[4])), images[4])
+    adm = np.load(tmp_path / "samples_adm.npz")
+    assert adm["arr_0"].shape == (6, 8, 8, 3) and adm["arr_0"].dtype == np.uint8
+    assert np.array_equal(adm["arr_0"][..., 1], images) and adm["arr_1"].tolist() == [2, 2, 2, 5, 5, 5]
 
 
 def test_sample_defaults_to_the_checkpoints_sample_section(trained_run, tmp_path):
@@ -140,3 +184,11 @@ def test_sample_rejects_bad_labels(trained_run, tmp_path, capsys):
     assert "not a class" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(trained_run), "--labels", "x", "--out", str(tmp_path)]) == 2
     assert main(["sample", "--checkpoint", str(trained_run), "--nfe", "1", "--out", str(tmp_path)]) == 2
+
+
+def test_info_tells_what_a_run_holds(trained_run, capsys):
+    assert main(["info", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "flow checkpoint at step 6" in out and "task: class" in out and "classes: 10 (0, 1, 2" in out
+    assert "checkpoints in" in out and "step_00000006" in out and "ema.safetensors (" in out
+    assert main(["info", str(trained_run / "nowhere")]) == 2

@@ -16,6 +16,7 @@ from latentfm.errors import LatentFMError
 from latentfm.metrics.latency import synchronize
 from latentfm.sampling.program import SearchedSchedule
 from latentfm.sampling.sample import sample
+from latentfm.sampling.settings import interval_text
 from latentfm.sampling.solvers import Velocity
 
 NFES = (4, 6, 8, 10, 16, 32)
@@ -141,18 +142,21 @@ def checkpoint_bench(
     nfes: Sequence[int] = NFES,
     search_nfes: Sequence[int] = (8,),
     samples: int = 256,
-    cfg: float = 1.0,
+    cfg: float | None = None,
     seed: int = 0,
     iterations: int = 100,
 ) -> dict[str, Any]:
     """The solver table on a trained checkpoint in its (normalised) latent space: labels cycle through the
-    classes, the reference is dopri5 at rtol=atol=1e-6, searched schedules are calibrated on other noise."""
+    classes, guided like the checkpoint's sample section unless ``cfg`` is given, the reference is dopri5 at
+    rtol=atol=1e-6, searched schedules are calibrated on other noise."""
     from latentfm.pipeline import FlowPipeline
 
     pipe = FlowPipeline.from_checkpoint(checkpoint, device=device)
-    velocity = pipe.velocity(pipe.cycled_labels(samples), cfg, n=samples)
+    recipe = pipe.sampler.with_given(cfg=cfg)
+    cfg, interval = recipe.cfg if recipe.cfg is not None else 1.0, recipe.guidance_interval
+    velocity = pipe.velocity(pipe.cycled_labels(samples), cfg, interval, n=samples)
     x0, calibration = pipe.source(samples, seed), pipe.source(samples, seed + 1)
-    description = f"{checkpoint}, guidance {cfg}, latents, reference dopri5 1e-6"
+    description = f"{checkpoint}, guidance {cfg} ({interval_text(interval)}), latents, reference dopri5 1e-6"
     return _bench_part(description, velocity, x0, calibration, 1e-6, nfes, search_nfes, iterations)
 
 

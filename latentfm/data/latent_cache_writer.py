@@ -218,7 +218,7 @@ def build_cache(
     Resumes an unfinished cache; under ``torchrun`` the ranks share the shards. Returns the finished
     manifest (on the main rank; None on the others) and the number of shards this rank encoded.
     """
-    dist = setup_distributed(device)
+    dist = setup_distributed(device, "--device")
     started = read_manifest(Path(out)) is not None
     data = load_data_config(config.data, index_file=Path(out) / INDEX_FILE, refuse_change=started)
     autoencoder = build_autoencoder(config.autoencoder, image_channels=data.image_shape[0]).to(dist.device)

@@ -61,7 +61,7 @@ class Evaluation:
         if settings.n < 2 or min(settings.shard_size, settings.batch_size, settings.keep_features) < 1:
             raise LatentFMError("--n must be at least 2, --shard-size, --batch-size and --keep-features at least 1")
         self.settings, self.out, self.progress = settings, Path(out), progress
-        self.dist = setup_distributed(device)
+        self.dist = setup_distributed(device, "--device")
         self.pipe = FlowPipeline.from_checkpoint(settings.checkpoint, device=self.dist.device)
         if settings.refiner:
             self.pipe = self.pipe.with_refiner(settings.refiner)

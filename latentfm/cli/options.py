@@ -1,0 +1,168 @@
+"""Options that several commands share, declared once: the device, the output directory, seeds and counts
+(argparse types that refuse a bad value in one line, exit 2), the dataset names of ``--dataset``, and the
+sampler's flags with how they replace a checkpoint's recipe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from latentfm.errors import LatentFMError
+from latentfm.sampling.settings import GIVEN_FIELDS
+
+if TYPE_CHECKING:
+    from latentfm.config import DataConfig
+    from latentfm.pipeline import FlowPipeline
+    from latentfm.sampling import SamplerSettings
+
+DATASET_HELP = "digits, fashion_mnist, idx:DIR, folder:DIR, npz:FILE or a YAML config (its data section)"
+FEATURES_HELP = "classifier weights (.safetensors) or FID InceptionV3 weights (pt_inception-2015-12-05 .pth)"
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1.
+
+    >>> positive_int("8")
+    8
+    """
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0 (seeds)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def device_name(text: str) -> str:
+    """An argparse type: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether this machine has it is
+    checked where it is used, by ``device``).
+
+    >>> device_name("cuda:1")
+    'cuda:1'
+    """
+    kind, _, index = text.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use {DEVICES}")
+    return text
+
+
+def output_dir(text: str) -> str:
+    """An argparse type: a directory to write into, refused when it, or a folder above it, is an existing file."""
+    path = Path(text)
+    for above in (path, *path.parents):
+        if above.exists() and not above.is_dir():
+            raise argparse.ArgumentTypeError(f"{above} is a file: give a directory")
+    return text
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file to write, refused when it is a directory or a folder above it is a file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory: give a file name")
+    output_dir(str(path.parent))
+    return text
+
+
+def add_device(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """``--device``: default auto, this rank's GPU when CUDA is available, else the CPU."""
+    parser.add_argument("--device", type=device_name, default="auto", help=f"{DEVICES} (default auto{note})")
+
+
+def device(name: str) -> torch.device:
+    """The torch device ``--device`` names, refused in one line when this machine has none such."""
+    from latentfm.distributed import resolve_device
+
+    return resolve_device(name, what="--device")
+
+
+def dataset_config(spec: str, split: str | None = None, image_size: int | None = None) -> DataConfig:
+    """The ``DataConfig`` a command-line ``--dataset`` names: ``digits``, ``fashion_mnist`` (the Debian IDX
+    files), ``idx:DIR``, ``folder:DIR``, ``npz:FILE``, or a YAML config file (its ``data`` section)."""
+    from latentfm.config import DataConfig, load_config
+    from latentfm.data.arrays import DEFAULT_IDX_PATH
+
+    if spec.endswith((".yaml", ".yml")):
+        data = load_config(spec).data
+    elif spec in ("digits", "fashion_mnist"):
+        data = DataConfig(dataset="digits") if spec == "digits" else DataConfig(dataset="idx", path=DEFAULT_IDX_PATH)
+    elif spec.partition(":")[0] in ("idx", "folder", "npz") and spec.partition(":")[2]:
+        kind, _, path = spec.partition(":")
+        data = DataConfig(dataset=kind, path=path)
+    else:
+        raise LatentFMError(
+            f"--dataset {spec!r}: use digits, fashion_mnist, idx:DIR, folder:DIR, npz:FILE or a YAML config"
+        )
+    data.split = split or data.split
+    data.image_size = image_size or data.image_size
+    return data
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick a sampler and its noise, shared by ``sample`` and ``eval``: each one left out is
+    the checkpoint's ``sample`` section (then the library default: midpoint, 8 NFE, no guidance)."""
+    recipe = "default: the checkpoint's sample section"
+    parser.add_argument("--solver", help=f"euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 ({recipe})")
+    parser.add_argument(
+        "--schedule",
+        help=f"uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file ({recipe})",
+    )
+    parser.add_argument("--nfe", type=positive_int, help=f"velocity evaluations per sample ({recipe})")
+    parser.add_argument("--steps", type=positive_int, help="solver steps (instead of --nfe)")
+    parser.add_argument("--cfg", type=float, help=f"classifier-free guidance weight, 1 = none ({recipe})")
+    parser.add_argument(
+        "--guidance-interval",
+        metavar="LOW,HIGH",
+        help=f"guide only for t in [LOW, HIGH] (t = 0 is the noise), or all ({recipe})",
+    )
+    parser.add_argument(
+        "--turbo",
+        metavar="HnPmRk",
+        help="a FlowTurbo program, e.g. H1P5R3: n Heun, m pseudo-corrector and k refiner steps on the --schedule grid "
+        "(replaces --solver/--nfe/--steps; refiner steps need --refiner)",
+    )
+    parser.add_argument("--refiner", help="the velocity refiner's run or checkpoint directory (latentfm train-refiner)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        metavar="MODE",
+        help="torch.compile each kind of sampling step as a whole (MODE: default, reduce-overhead, max-autotune)",
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the source noise (sample i uses (seed, i))"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per model call (default 256)")
+
+
+def sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
+    """The checkpoint's sampler (``recipe``) with what the command line gives replaced."""
+    given = [f"--{name}" for name in ("solver", "nfe", "steps") if getattr(args, name) is not None]
+    if args.turbo is not None and given:
+        raise LatentFMError(f"--turbo {args.turbo} is a whole sampler: drop {' and '.join(given)}")
+    return recipe.with_given(**{name: getattr(args, name) for name in GIVEN_FIELDS})
+
+
+def pipeline(args: argparse.Namespace) -> FlowPipeline:
+    """The checkpoint's pipeline on the requested device, with ``--refiner`` when given."""
+    from latentfm.pipeline import FlowPipeline
+
+    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=device(args.device))
+    return pipe.with_refiner(args.refiner) if args.refiner else pipe
