@@ -1,6 +1,8 @@
 """The command line: --help everywhere, one-line errors with exit code 2, train then sample."""
 
+import argparse
 import json
+import shlex
 import subprocess
 import sys
 
@@ -78,6 +80,21 @@ def test_bad_flags_are_refused_by_the_parser(args, message, capsys):
         build_parser().parse_args(args)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err.strip().splitlines()[-1]
+
+
+def test_every_command_shows_an_example_that_parses(capsys):
+    from latentfm.cli.app import EXAMPLES, _commands
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names = {name for name, _ in _commands(subparsers)}
+    assert names == set(EXAMPLES)
+    for name, example in EXAMPLES.items():
+        args = parser.parse_args(shlex.split(example)[1:])
+        assert args.run is not None or name == "bench", example
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sample", "--help"])
+    assert "example:\n  latentfm sample" in capsys.readouterr().out
 
 
 def test_version_and_a_missing_gpu_named_by_its_flag(capsys):

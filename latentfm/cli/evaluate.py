@@ -140,9 +140,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     stats.add_argument("--features", required=True, help=FEATURES_HELP)
     stats.add_argument("--out", type=output_file, required=True, help="statistics file to write (.npz)")
     stats.add_argument("--image-size", type=positive_int, default=None, help="resize images to this square size")
-    stats.add_argument(
-        "--keep-features", type=positive_int, default=10_000, help="features kept for KID and P/R (10000)"
-    )
+    stats.add_argument("--keep-features", type=positive_int, default=10_000, help="features kept for KID and P/R")
     stats.add_argument("--seed", type=non_negative_int, default=0, help="seed choosing the kept features")
     stats.add_argument(
         "--workers",
@@ -167,9 +165,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--shard-size", type=positive_int, default=1000, help="samples per resumable shard (default 1000)"
     )
-    evaluate.add_argument(
-        "--keep-features", type=positive_int, default=10_000, help="features kept for KID and P/R (10000)"
-    )
+    evaluate.add_argument("--keep-features", type=positive_int, default=10_000, help="features kept for KID and P/R")
     evaluate.add_argument(
         "--latency-batch", type=positive_int, default=64, help="batch size of the latency measurement"
     )
