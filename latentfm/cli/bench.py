@@ -80,7 +80,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--mixture", action=argparse.BooleanOptionalAction, default=True, help="the analytic mixture (default on)"
     )
     solvers.add_argument("--nfe", default="4,6,8,10,16,32", help="NFE budgets (default 4,6,8,10,16,32)")
-    solvers.add_argument("--n", type=positive_int, default=256, help="checkpoint evaluation samples (default 256)")
+    solvers.add_argument(
+        "--n", type=positive_int, default=256, metavar="SAMPLES", help="samples the checkpoint's errors average over"
+    )
     solvers.add_argument("--cfg", type=float, help="guidance weight for the checkpoint (default: its sample section's)")
     solvers.add_argument("--search-nfe", default="8", help="NFE budgets to search a schedule for ('' for none)")
     solvers.add_argument("--iterations", type=positive_int, default=100, help="search L-BFGS iterations per program")
@@ -103,7 +105,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "H1P6R0@shift:0.5) and search-schedule JSON files (default: euler and heun at 8 and 16 NFE, midpoint:8, "
         "H1P4R3, H1P5R2, H2P3R3, H1P3R4)",
     )
-    turbo.add_argument("--n", type=positive_int, default=1000, help="samples per sampler (default 1000)")
+    turbo.add_argument("--n", type=positive_int, default=1000, metavar="PER_SAMPLER", help="samples per sampler")
     turbo.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (sample i uses (seed, i))")
     turbo.add_argument("--cfg", type=float, help="guidance weight (default: the checkpoint's)")
     turbo.add_argument("--guidance-interval", metavar="LOW,HIGH", help="guidance interval (default: the checkpoint's)")

@@ -159,7 +159,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--features", required=True, help=FEATURES_HELP + "; must match the reference's")
     evaluate.add_argument("--classifier", default=None, help="classifier for class accuracy with Inception features")
     evaluate.add_argument(
-        "--n", "--num-samples", dest="n", type=positive_int, default=50_000, help="samples to generate (default 50000)"
+        "--n", "--num-samples", dest="n", type=positive_int, default=50_000, metavar="TOTAL", help="samples to generate"
     )
     add_sampler_arguments(evaluate)
     evaluate.add_argument(

@@ -179,7 +179,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sample = commands.add_parser("sample", help="generate images from a checkpoint", description=cmd_sample.__doc__)
     sample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
     sample.add_argument("--labels", default=None, help="'all' (default), '0,3,7' or '2-5'; one grid row per label")
-    sample.add_argument("--n", type=positive_int, default=8, help="samples per label or map (total when unconditional)")
+    sample.add_argument(
+        "--n", type=positive_int, default=8, metavar="PER_LABEL", help="samples per label or map (all, unconditional)"
+    )
     sample.add_argument(
         "--semantic",
         metavar="MAP.png|DIR",
@@ -225,7 +227,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     inpaint.add_argument(
         "--labels", default=None, help="class labels cycled over each image's completions (default: none)"
     )
-    inpaint.add_argument("--n", type=positive_int, default=8, help="completions of each image (default 8)")
+    inpaint.add_argument("--n", type=positive_int, default=8, metavar="PER_IMAGE", help="completions of each image")
     add_sampler_arguments(inpaint)
     add_device(inpaint)
     inpaint.add_argument("--out", type=output_dir, required=True, help="output directory")
@@ -243,7 +245,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     search.add_argument(
         "--out", type=output_file, required=True, help="JSON file to write, e.g. runs/x/schedule_nfe8.json"
     )
-    search.add_argument("--n", type=positive_int, default=256, help="calibration samples (default 256)")
+    search.add_argument("--n", type=positive_int, default=256, metavar="CALIBRATION", help="calibration samples")
     search.add_argument(
         "--cfg", type=float, help="guidance weight the schedule is tuned for (default: the checkpoint's sample section)"
     )
