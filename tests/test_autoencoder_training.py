@@ -7,7 +7,7 @@ from latentfm import checkpoint as ckpt
 from latentfm.autoencoders import build_autoencoder
 from latentfm.autoencoders.kl import KLAutoencoder, kl_divergence
 from latentfm.cli import main
-from latentfm.config import AutoencoderRunConfig, KLModelConfig, load_config
+from latentfm.config import AutoencoderRunConfig, KLModelConfig, config_to_dict, load_config
 from latentfm.errors import LatentFMError
 from latentfm.training.autoencoder_trainer import AutoencoderTrainer
 
@@ -92,6 +92,53 @@ def test_flow_checkpoint_is_not_an_autoencoder(tmp_path, tiny_overrides):
     Trainer(load_config(None, [*tiny_overrides, "train.steps=1"])).run()
     with pytest.raises(LatentFMError, match="of kind 'flow', expected 'autoencoder'"):
         build_autoencoder({"kind": "kl", "checkpoint": str(tmp_path / "run")}, image_channels=1)
+
+
+def write_kl_checkpoint(run, kind="autoencoder", ema=None):
+    """A one-step checkpoint of a tiny KL autoencoder, written by ``checkpoint.py`` without training."""
+    config = tiny_ae_config(run)
+    model = KLAutoencoder(1, config.model)
+    weights = {"model": model.state_dict(), "ema": model.state_dict() if ema is None else ema}
+    shapes = ckpt.DataShapes(image_shape=[1, 8, 8], latent_shape=[2, 4, 4])
+    state = ckpt.CheckpointState(kind=kind, step=1, config=config_to_dict(config), data=shapes)
+    directory = run / "checkpoints" / "step_00000001"
+    ckpt.save_checkpoint(directory, weights, {}, state)
+    return directory, model
+
+
+def refusal(load):
+    """The one-line message ``load()`` is refused with."""
+    with pytest.raises(LatentFMError) as error:
+        load()
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def load_kl(path):
+    return lambda: build_autoencoder({"kind": "kl", "checkpoint": str(path)}, image_channels=1)
+
+
+def test_kl_autoencoder_loads_through_checkpoint_py(tmp_path):
+    directory, model = write_kl_checkpoint(tmp_path / "run")
+    for path in (tmp_path / "run", directory):
+        assert_same_tensors(load_kl(path)().state_dict(), model.state_dict())
+
+
+def test_kl_autoencoder_refusals_are_checkpoint_py_refusals(tmp_path):
+    refiner, _ = write_kl_checkpoint(tmp_path / "refiner", kind="refiner")
+    message = refusal(load_kl(refiner))
+    assert message == refusal(lambda: ckpt.read_state(refiner, "autoencoder")) and "expected 'autoencoder'" in message
+
+    truncated, _ = write_kl_checkpoint(tmp_path / "truncated")
+    ema = truncated / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:-8])
+    message = refusal(load_kl(tmp_path / "truncated"))
+    assert message == refusal(lambda: ckpt.resolve_checkpoint(tmp_path / "truncated")) and "bytes" in message
+
+    other = KLAutoencoder(1, KLModelConfig(channels=8, channel_mult=[1, 2], groups=4, latent_channels=3))
+    altered, model = write_kl_checkpoint(tmp_path / "altered", ema=other.state_dict())
+    message = refusal(load_kl(altered))
+    assert message == refusal(lambda: ckpt.load_weights(model, altered, "ema")) and "altered" in message
 
 
 def test_image_size_must_divide_by_the_factor(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from latentfm.errors import LatentFMError
 from latentfm.flow import CosinePath, LinearPath, build_path, build_time_sampler, flow_matching_loss
+from latentfm.flow.paths import cosine_alpha_bar
 
 PATHS = [LinearPath(), LinearPath(sigma_min=1e-2), CosinePath()]
 
@@ -40,6 +41,20 @@ def test_cosine_path_preserves_variance():
     t = torch.linspace(0, 1, 11)
     path = CosinePath()
     torch.testing.assert_close(path.alpha(t) ** 2 + path.sigma(t) ** 2, torch.ones(11))
+
+
+def test_cosine_alpha_bar_is_the_cosine_path_in_diffusion_steps():
+    steps = torch.arange(0, 1000, 37, dtype=torch.float64)
+    alpha_bar = torch.tensor([cosine_alpha_bar(int(s), offset=0.0) for s in steps], dtype=torch.float64)
+    path_alpha = CosinePath().alpha(1 - steps / 1000)
+    torch.testing.assert_close(alpha_bar, path_alpha**2, atol=1e-12, rtol=0)
+
+
+def test_cosine_alpha_bar_values_are_pinned():
+    # Nichol & Dhariwal's offset 0.008; the exact bits the upsample task has always used
+    assert cosine_alpha_bar(0) == 1.0
+    assert cosine_alpha_bar(400).hex() == "0x1.4b82439b7e5ecp-1"
+    assert cosine_alpha_bar(999).hex() == "0x1.45fbcba4bef82p-19"
 
 
 def test_build_path_rejects_unknown_and_bad_sigma():

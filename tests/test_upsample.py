@@ -15,9 +15,9 @@ from latentfm.cli import main
 from latentfm.condition import Condition
 from latentfm.config import load_config
 from latentfm.errors import LatentFMError
+from latentfm.flow.paths import cosine_alpha_bar
 from latentfm.pipeline import FlowPipeline, Latents
-from latentfm.tasks import TrainingBatch, UpsampleTask
-from latentfm.tasks.upsample import cosine_alpha_bar
+from latentfm.tasks import TrainingBatch, UpsampleTask, build_task
 from latentfm.training.trainer import Trainer
 
 from .conftest import TINY
@@ -55,6 +55,22 @@ def test_source_is_the_noised_upsampled_input_and_condition_the_clean_one():
     torch.testing.assert_close(plain.source(cond, noise), cond.concat + 0.2 * noise)
     latent_low = UpsampleTask(low_source="latent").training_condition(TrainingBatch(images, None), None)
     assert latent_low.concat.shape == (3, 1, 8, 8) and latent_low.labels is None
+
+
+@pytest.mark.parametrize("step", [0, 250, 400, 999])
+def test_source_noise_level_is_the_paths_alpha_bar_at_the_configured_step(step):
+    config = load_config(None, ["task.kind=upsample", f"task.upsample_diffusion_step={step}"])
+    task = build_task(config.task)
+    alpha_bar = cosine_alpha_bar(step)
+    assert (task.signal, task.noise) == (math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar))
+    up, noise = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    source = task.source(Condition(concat=up), noise)
+    assert torch.equal(source, math.sqrt(alpha_bar) * up + math.sqrt(1 - alpha_bar) * noise)
+
+
+def test_default_source_noise_level_is_unchanged():
+    task = UpsampleTask()
+    assert (task.signal.hex(), task.noise.hex()) == ("0x1.9bfc6f95d5fddp-1", "0x1.2ffe17e7511cdp-1")
 
 
 def test_bad_upsample_settings_are_one_line():

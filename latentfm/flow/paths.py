@@ -88,6 +88,26 @@ class CosinePath(AffinePath):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
 
+def cosine_alpha_bar(step: int, steps: int = 1000, offset: float = 0.008) -> float:
+    """ᾱ of the forward-diffusion step ``step`` of ``steps`` on the cosine schedule (Nichol & Dhariwal 2021).
+
+    The one place this schedule is written. Diffusion counts steps from the data, flow time from the source:
+    with ``offset=0`` it is ``CosinePath``'s ``alpha_t ** 2`` at ``t = 1 - step / steps``. The upsample task's
+    ``noise: diffusion`` source is ``sqrt(ᾱ) up + sqrt(1 - ᾱ) eps`` at its ``diffusion_step``.
+
+    Example:
+        >>> round(cosine_alpha_bar(400), 4), cosine_alpha_bar(0)
+        (0.6475, 1.0)
+        >>> abs(cosine_alpha_bar(400, offset=0.0) - CosinePath().alpha(torch.tensor(0.6)).item() ** 2) < 1e-6
+        True
+    """
+
+    def f(s: int) -> float:
+        return math.cos((s / steps + offset) / (1 + offset) * math.pi / 2) ** 2
+
+    return f(step) / f(0)
+
+
 def build_path(name: str, sigma_min: float = 0.0) -> AffinePath:
     """The path called ``name``: ``"linear"`` or ``"cosine"``."""
     if name == "linear":

@@ -8,8 +8,9 @@ latent down-sampled in latent space.
 It is brought back to the high latent resolution (``mode``: ``nearest`` or ``bilinear`` in latent space, or
 ``pixel``: the low-resolution image up-sampled bicubically and encoded again) and used twice: concatenated to x_t
 as the condition, and, noised, as the source x0 of the flow (``noise: diffusion``: the forward-diffusion step
-``diffusion_step`` of 1,000 of the cosine schedule, x0 = sqrt(a) up + sqrt(1 - a) eps, the paper's code uses 400;
-``noise: sigma``: x0 = up + sigma eps). The task trains without labels unless ``labels`` is set.
+``diffusion_step`` of 1,000 of the cosine schedule, x0 = sqrt(a) up + sqrt(1 - a) eps with a the ᾱ of
+``flow.paths.cosine_alpha_bar``, the paper's code uses 400; ``noise: sigma``: x0 = up + sigma eps).
+The task trains without labels unless ``labels`` is set.
 """
 
 from __future__ import annotations
@@ -22,26 +23,13 @@ import torch.nn.functional as F
 
 from latentfm.condition import Condition
 from latentfm.errors import LatentFMError
+from latentfm.flow.paths import cosine_alpha_bar
 from latentfm.image_io import area_downsample, bicubic_upsample
 from latentfm.tasks.base import Encode, Inputs, TrainingBatch, check_input_names, null_labels, require_images
 
 MODES = ("nearest", "bilinear", "pixel")
 LOW_SOURCES = ("image", "cache", "latent")
 NOISES = ("diffusion", "sigma")
-
-
-def cosine_alpha_bar(step: int, steps: int = 1000, offset: float = 0.008) -> float:
-    """ᾱ of the forward-diffusion step ``step`` of ``steps`` on the cosine schedule (Nichol & Dhariwal 2021).
-
-    Example:
-        >>> round(cosine_alpha_bar(400), 4), cosine_alpha_bar(0)
-        (0.6475, 1.0)
-    """
-
-    def f(s: int) -> float:
-        return math.cos((s / steps + offset) / (1 + offset) * math.pi / 2) ** 2
-
-    return f(step) / f(0)
 
 
 class UpsampleTask:
