@@ -69,7 +69,7 @@ class AutoencoderTrainer(TrainingLoop):
                 raise LatentFMError(f"loss.disc_channels={config.loss.disc_channels} must be a positive multiple of 4")
             self.disc = PatchDiscriminator(channels, config.loss.disc_channels).to(self.device)
             self.disc_optimizer = self.adamw(self.disc.parameters())
-        resumed = self.find_resume_checkpoint()
+        resumed = self.run_dir.resume_point(config)
         if resumed:
             self.load(resumed)
         self.train_model = self.wrap(_Reconstruct(self.model))
@@ -103,7 +103,7 @@ class AutoencoderTrainer(TrainingLoop):
             autoencoder, data, device=self.device, progress=True, workers=self.config.data.workers
         )
         report = {"checkpoint": str(checkpoint), "split": split, "images": len(data), "psnr_db": psnr}
-        write_bytes_atomic(self.run_dir / "eval.json", json.dumps(report, indent=1).encode())
+        write_bytes_atomic(self.run_dir.path / "eval.json", json.dumps(report, indent=1).encode())
         return report
 
     # -- one step ------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class AutoencoderTrainer(TrainingLoop):
         """Originals (top row) and EMA reconstructions (bottom row) to ``RUN/samples/step_XXXXXXXX.png``."""
         images, _ = self.data.batch(torch.arange(PREVIEW_IMAGES), device=self.device)
         reconstructions = self.ema.model.decode(self.ema.model.encode(images))
-        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
+        path = self.run_dir.samples_file(self.step)
         save_grid(torch.cat([images, reconstructions]).cpu(), path, columns=PREVIEW_IMAGES)
         return path
 

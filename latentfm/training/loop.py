@@ -1,4 +1,8 @@
-"""What every latentfm trainer shares: ranks and devices, stateless batches, resume, logging and the loop.
+"""What every latentfm trainer shares: ranks and devices, stateless batches, the update and the step loop.
+
+The run directory (its lock, leftovers of killed writes, resume, checkpoints, ``metrics.jsonl``) is a
+``RunDirectory`` (``latentfm.training.run_dir``); ``TrainingLoop.run`` is the loop from the first step to the
+last checkpoint, in one place.
 
 Randomness is stateless: the batch indices and flips of step ``s`` are drawn for the whole global batch
 from seed ``(seed, stream, s)`` and each rank takes its slice, and model-internal randomness uses the
@@ -10,7 +14,6 @@ as one process with batch ``B``.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import signal
 import threading
@@ -26,39 +29,15 @@ from tqdm.auto import tqdm
 
 from latentfm import __version__
 from latentfm import checkpoint as ckpt
-from latentfm.atomic import exclusive_directory, remove_leftovers, write_bytes_atomic
-from latentfm.config import OptimConfig, config_from_dict, config_to_dict
+from latentfm.config import OptimConfig, config_to_dict
 from latentfm.data import BatchRequest, ImageBatch, ImageDataset, load_data_config, read_batches
-from latentfm.distributed import barrier, mean_across_ranks, setup_distributed
-from latentfm.errors import LatentFMError, Terminated, first_difference
+from latentfm.distributed import mean_across_ranks, setup_distributed
+from latentfm.errors import LatentFMError, Terminated
 from latentfm.seeding import generator
+from latentfm.training.run_dir import RunDirectory
 
 # Independent random streams, each seeded from (train.seed, stream, ...).
 ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE, TASK, REFINE = range(9)
-
-# Keys that may change when a run is resumed; any other difference is refused.
-RESUMABLE_KEYS = {
-    "train.steps",
-    "train.log_every",
-    "train.sample_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.out_dir",
-    "train.device",
-    "train.compile",
-    "train.max_nonfinite_steps",
-    "refiner.teacher",  # a moved teacher is the same teacher: refiner checkpoints check its weights hash
-    "sample",
-    "eval",
-}
-
-
-def config_difference(saved: Any, current: Any) -> str | None:
-    """The first key whose change would break an exact resume, or None."""
-    difference = first_difference(config_to_dict(saved), config_to_dict(current), ignore=RESUMABLE_KEYS)
-    if difference is None:
-        return None
-    return f"{difference.key}: {difference.old!r} in the checkpoint, {difference.new!r} now"
 
 
 def learning_rate(optim: OptimConfig, total_steps: int, step: int) -> float:
@@ -115,7 +94,10 @@ def stop_at_step_boundaries() -> Iterator[Callable[[], None]]:
 
 
 class TrainingLoop:
-    """The shared machinery; subclasses implement ``train_step``, ``save`` and ``save_samples``.
+    """The shared machinery. A subclass builds its networks (resuming with ``run_dir.resume_point`` and
+    ``load``) and says what a step does (``train_step``, which ends with ``optimise``), what a checkpoint holds
+    (``checkpoint_modules``, ``checkpoint_optimizers``, ``checkpoint_state``) and what it shows
+    (``save_samples``, and ``evaluate`` when ``eval_every`` is set); ``run`` does the rest.
 
     ``config`` is any run config with ``train`` and ``optim`` sections (see ``latentfm.config``).
     """
@@ -123,7 +105,8 @@ class TrainingLoop:
     def __init__(self, config: Any):
         self.config, train = config, config.train
         self.dist = setup_distributed(train.device)
-        self.device, self.run_dir = self.dist.device, Path(train.out_dir)
+        self.device = self.dist.device
+        self.run_dir = RunDirectory(train.out_dir, is_main=self.dist.is_main)  # lock, checkpoints, metrics.jsonl
         if train.batch_size % self.dist.world_size:
             raise LatentFMError(f"train.batch_size={train.batch_size} must divide by the {self.dist.world_size} ranks")
         self.local_batch = train.batch_size // self.dist.world_size
@@ -177,7 +160,7 @@ class TrainingLoop:
         optimizer.zero_grad(set_to_none=True)
         limit = self.config.train.max_nonfinite_steps
         if limit and self.nonfinite_in_row >= limit:
-            kept = ckpt.list_checkpoints(self.run_dir)
+            kept = self.run_dir.checkpoints()
             raise LatentFMError(
                 f"{self.nonfinite_in_row} training steps in a row had a non-finite loss or gradient (up to step "
                 f"{self.step}); stopped, keeping {kept[-1] if kept else 'no checkpoint'}: lower optim.lr, set "
@@ -212,8 +195,8 @@ class TrainingLoop:
         """The run's ``data`` section as a dataset; a folder's index is kept in ``RUN/data_index.npz`` (the other
         ranks read it), and a resumed run refuses a folder that changed since."""
         data = self.config.data
-        index_file = self.run_dir / "data_index.npz" if data.dataset == "folder" else None
-        resuming = bool(ckpt.list_checkpoints(self.run_dir))
+        index_file = self.run_dir.path / "data_index.npz" if data.dataset == "folder" else None
+        resuming = bool(self.run_dir.checkpoints())
         dataset = load_data_config(data, index_file=index_file, refuse_change=resuming)
         if self.dist.is_main:
             for note in dataset.notes:
@@ -238,22 +221,6 @@ class TrainingLoop:
             self._images[1].close()
             self._images = None
 
-    # -- resume --------------------------------------------------------------------------------------
-
-    def find_resume_checkpoint(self) -> Path | None:
-        """The run directory's latest complete checkpoint, refused when it was made under another config."""
-        found = ckpt.list_checkpoints(self.run_dir)
-        if not found:
-            return None
-        saved = config_from_dict(ckpt.read_state(found[-1]).config, cls=type(self.config))
-        difference = config_difference(saved, self.config)
-        if difference:
-            raise LatentFMError(
-                f"{self.run_dir} holds a run with another config ({difference}); "
-                "choose a new train.out_dir or restore the old value"
-            )
-        return found[-1]
-
     # -- checkpoints: subclasses say what they hold --------------------------------------------------
 
     def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
@@ -271,60 +238,31 @@ class TrainingLoop:
 
     def load(self, directory: Path) -> None:
         """Restore every module, optimizer and the step from a checkpoint directory."""
-        for name, module in self.checkpoint_modules().items():
-            ckpt.load_weights(module, directory, name)
-        for name, optimizer in self.checkpoint_optimizers().items():
-            optimizer.load_state_dict(ckpt.read_optimizer(directory, name))
-        state = ckpt.read_state(directory)
+        state = self.run_dir.load(directory, self.checkpoint_modules(), self.checkpoint_optimizers())
         self.step, self.skipped_steps = state.step, state.skipped_steps
-        if self.dist.is_main:
-            print(f"resumed from {directory} at step {self.step}")
-
-    def _trim_metrics(self) -> None:
-        """Keep the lines of ``metrics.jsonl`` up to the step the run starts from: the steps after it run again
-        (a run killed before its first checkpoint starts from nothing), and a line torn by a kill is dropped."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        lines, kept = path.read_text().splitlines(keepends=True), []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if line.endswith("\n") and isinstance(record, dict) and record.get("step", 0) <= self.step:
-                kept.append(line)
-        if kept != lines:
-            write_bytes_atomic(path, "".join(kept).encode())
-
-    def _checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints" / f"step_{self.step:08d}"
 
     def save(self) -> Path:
-        """Write a checkpoint of the current step (main rank), prune old ones, return its directory. A complete
-        checkpoint of this step is kept as it is (training is exact, so it holds the same values)."""
-        directory = self._checkpoint_dir()
-        if self.dist.is_main and not ckpt.is_complete(directory):
-            weights = {name: module.state_dict() for name, module in self.checkpoint_modules().items()}
-            optimizers = {name: opt.state_dict() for name, opt in self.checkpoint_optimizers().items()}
-            train_seed = self.config.train.seed
-            state = ckpt.CheckpointState(
-                step=self.step,
-                config=config_to_dict(self.config),
-                version=__version__,
-                rng={"scheme": "stateless: step s draws from (seed, stream, s[, rank])", "seed": train_seed},
-                skipped_steps=self.skipped_steps,
-                **self.checkpoint_state(),
-            )
-            ckpt.save_checkpoint(directory, weights, optimizers, state)
-            ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
-        barrier()
-        return directory
+        """Write a checkpoint of the current step (main rank), prune old ones, return its directory (see
+        ``RunDirectory.save``)."""
+        modules, optimizers = self.checkpoint_modules(), self.checkpoint_optimizers()
+        return self.run_dir.save(self.step, modules, optimizers, self._state, self.config.train.keep_checkpoints)
 
-    # -- the loop ------------------------------------------------------------------------------------
+    def _state(self) -> ckpt.CheckpointState:
+        """The ``CheckpointState`` of the current step."""
+        return ckpt.CheckpointState(
+            step=self.step,
+            config=config_to_dict(self.config),
+            version=__version__,
+            rng={"scheme": "stateless: step s draws from (seed, stream, s[, rank])", "seed": self.config.train.seed},
+            skipped_steps=self.skipped_steps,
+            **self.checkpoint_state(),
+        )
+
+    # -- what a subclass trains and shows ------------------------------------------------------------
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns detached scalar losses by name (``loss`` first)."""
+        """One optimisation step (``self.step`` then counts it); returns detached scalar losses by name
+        (``loss`` first)."""
         raise NotImplementedError
 
     def save_samples(self) -> Path:
@@ -335,26 +273,7 @@ class TrainingLoop:
         """Metrics of the current model by name (called on the main rank every ``eval_every`` steps)."""
         raise NotImplementedError
 
-    def _log(self, sums: dict[str, torch.Tensor], window: int, seconds: float, bar: tqdm) -> None:
-        """Append the mean losses of the last ``window`` steps (over all ranks) to ``metrics.jsonl``."""
-        record: dict[str, float] = {"step": self.step}
-        for name, total in sums.items():
-            record[name] = float(mean_across_ranks(total / window))
-        record["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step - 1)
-        record["skipped_steps"] = self.skipped_steps
-        record["images_per_s"] = window * self.config.train.batch_size / seconds
-        replaced = mean_across_ranks(torch.tensor(float(self.replaced_files), device=self.device))
-        if replaced > 0:  # every rank's count (mean times ranks), for data.skip_corrupt
-            record["replaced_unreadable_files"] = round(float(replaced) * self.dist.world_size)
-        if self.dist.is_main:
-            self._append_metrics(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-
-    def _append_metrics(self, record: dict[str, Any]) -> None:
-        """One JSON line in ``RUN/metrics.jsonl``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    # -- the loop ------------------------------------------------------------------------------------
 
     def run(self, until_step: int | None = None) -> Path:
         """Train to ``train.steps`` (or stop early at ``until_step``); returns the last checkpoint.
@@ -365,13 +284,13 @@ class TrainingLoop:
         """
         train = self.config.train
         first, last = self.step, min(train.steps, until_step or train.steps)
-        if self.step >= last and ckpt.is_complete(self._checkpoint_dir()):
-            return self._checkpoint_dir()
-        with self._exclusive_run_dir():
+        if self.step >= last and self.run_dir.is_finished(self.step):
+            return self.run_dir.checkpoint_dir(self.step)
+        with self.run_dir.exclusive(start_step=self.step):
             bar = tqdm(total=last, initial=self.step, desc="training", disable=not self.dist.is_main)
             try:
                 with stop_at_step_boundaries() as check:
-                    self._loop(last, bar, check)
+                    self._train_until(last, bar, check)
             except KeyboardInterrupt:
                 if self.dist.world_size == 1 and self.step > first:
                     print(f"\ninterrupted: saved {self.save()}")
@@ -381,22 +300,10 @@ class TrainingLoop:
                 self.close_images()
             return self.save()
 
-    @contextmanager
-    def _exclusive_run_dir(self) -> Iterator[None]:
-        """The main rank holds the run directory's lock (a second process training into it is refused),
-        deletes what killed checkpoint writes left behind and cuts the log back to the starting step."""
-        if not self.dist.is_main:
-            yield
-            return
-        with exclusive_directory(self.run_dir):
-            remove_leftovers(self.run_dir / "checkpoints")
-            self._trim_metrics()
-            yield
-
-    def _loop(self, last: int, bar: tqdm, check: Callable[[], None]) -> None:
-        """Steps up to ``last`` with their logs, grids, evaluations and periodic checkpoints; ``check`` raises
-        between steps when a stop signal came."""
-        train = self.config.train
+    def _train_until(self, last: int, bar: tqdm, check: Callable[[], None]) -> None:
+        """The steps up to ``last`` with their logs, grids, evaluations and periodic checkpoints; ``check``
+        raises between two steps when a stop signal came."""
+        train, main = self.config.train, self.dist.is_main
         sums: dict[str, torch.Tensor] = {}
         window, clock = 0, time.perf_counter()
         while self.step < last:
@@ -405,14 +312,31 @@ class TrainingLoop:
             window += 1
             bar.update(1)
             if self.step % train.log_every == 0 or self.step == last:
-                self._log(sums, window, time.perf_counter() - clock, bar)
+                record = self._log_record(sums, window, time.perf_counter() - clock)
+                if main:
+                    self.run_dir.append_metrics(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
                 sums, window, clock = {}, 0, time.perf_counter()
-            if train.sample_every and self.step % train.sample_every == 0 and self.dist.is_main:
+            if train.sample_every and self.step % train.sample_every == 0 and main:
                 self.save_samples()
-            if self.eval_every and self.step % self.eval_every == 0 and self.dist.is_main:
+            if self.eval_every and self.step % self.eval_every == 0 and main:
                 start = time.perf_counter()
-                self._append_metrics({"step": self.step, **self.evaluate()})
+                self.run_dir.append_metrics({"step": self.step, **self.evaluate()})
                 clock += time.perf_counter() - start  # keep evaluation out of images_per_s
             if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step != last:
                 self.save()
             check()
+
+    def _log_record(self, sums: dict[str, torch.Tensor], window: int, seconds: float) -> dict[str, Any]:
+        """The ``metrics.jsonl`` record of the last ``window`` steps: mean losses over all ranks, learning rate,
+        skipped steps, speed and replaced files (every rank takes part)."""
+        record: dict[str, Any] = {"step": self.step}
+        for name, total in sums.items():
+            record[name] = float(mean_across_ranks(total / window))
+        record["lr"] = learning_rate(self.config.optim, self.config.train.steps, self.step - 1)
+        record["skipped_steps"] = self.skipped_steps
+        record["images_per_s"] = window * self.config.train.batch_size / seconds
+        replaced = mean_across_ranks(torch.tensor(float(self.replaced_files), device=self.device))
+        if replaced > 0:  # every rank's count (mean times ranks), for data.skip_corrupt
+            record["replaced_unreadable_files"] = round(float(replaced) * self.dist.world_size)
+        return record

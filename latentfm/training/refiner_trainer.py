@@ -75,7 +75,7 @@ class RefinerTrainer(Trainer):
             teacher = read_state(resumed, "refiner").teacher or {}
             if teacher.get("weights_sha256") != self.teacher_hash:
                 raise LatentFMError(
-                    f"{self.run_dir} trains a refiner for other teacher weights ({teacher.get('checkpoint')}); "
+                    f"{self.run_dir.path} trains a refiner for other teacher weights ({teacher.get('checkpoint')}); "
                     "choose a new train.out_dir"
                 )
         return self.teacher.latent_norm

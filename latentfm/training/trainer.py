@@ -66,7 +66,7 @@ class Trainer(TrainingLoop):
             build_path(flow.path, flow.sigma_min),
             build_time_sampler(flow.t_sampler, flow.t_loc, flow.t_scale),
         )
-        resumed = self.find_resume_checkpoint()
+        resumed = self.run_dir.resume_point(config)
         self.latent_norm = self.initial_latent_norm(resumed)
         self.latent_shape = tuple(self.latents.batch(torch.arange(1), device=self.device)[0].shape[1:])
         torch.manual_seed(derive_seed(train.seed, INIT))
@@ -283,6 +283,6 @@ class Trainer(TrainingLoop):
         images, _ = self.pipeline().generate(
             labels, n=n, seed=self.config.train.seed, settings=self.sampler, inputs=inputs
         )
-        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
+        path = self.run_dir.samples_file(self.step)
         save_grid(images, path, columns=s.per_class)
         return path
