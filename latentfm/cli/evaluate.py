@@ -11,6 +11,7 @@ import torch
 from latentfm.cli.options import (
     DATASET_HELP,
     FEATURES_HELP,
+    add_checkpoint,
     add_device,
     add_sampler_arguments,
     dataset_config,
@@ -154,7 +155,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "eval", help="FD, KID, precision/recall, accuracy, latency", description=cmd_eval.__doc__
     )
-    evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    add_checkpoint(evaluate)
     evaluate.add_argument("--reference", required=True, help="statistics file from `latentfm stats`")
     evaluate.add_argument("--features", required=True, help=FEATURES_HELP + "; must match the reference's")
     evaluate.add_argument("--classifier", default=None, help="classifier for class accuracy with Inception features")

@@ -19,6 +19,7 @@ from latentfm.cli.inputs import (
     read_pair,
 )
 from latentfm.cli.options import (
+    add_checkpoint,
     add_device,
     add_sampler_arguments,
     device,
@@ -177,7 +178,7 @@ def cmd_search_schedule(args: argparse.Namespace) -> None:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """The parsers of this family."""
     sample = commands.add_parser("sample", help="generate images from a checkpoint", description=cmd_sample.__doc__)
-    sample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    add_checkpoint(sample)
     sample.add_argument("--labels", default=None, help="'all' (default), '0,3,7' or '2-5'; one grid row per label")
     sample.add_argument(
         "--n", type=positive_int, default=8, metavar="PER_LABEL", help="samples per label or map (all, unconditional)"
@@ -211,7 +212,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     upsample = commands.add_parser(
         "upsample", help="up-sample images or latents with an upsample checkpoint", description=cmd_upsample.__doc__
     )
-    upsample.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    add_checkpoint(upsample)
     upsample.add_argument("--input", required=True, help="folder of low-resolution PNGs, samples.npz or latents.npz")
     add_sampler_arguments(upsample)
     add_device(upsample)
@@ -221,7 +222,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     inpaint = commands.add_parser(
         "inpaint", help="complete masked images with an inpainting checkpoint", description=cmd_inpaint.__doc__
     )
-    inpaint.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    add_checkpoint(inpaint)
     inpaint.add_argument("--image", required=True, help="image PNG, or a folder of PNGs (paired with --mask by name)")
     inpaint.add_argument("--mask", required=True, help="mask PNG (white = generate, black = keep), or a folder")
     inpaint.add_argument(
@@ -238,7 +239,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="tune a sampler's times and rules to a checkpoint",
         description=cmd_search_schedule.__doc__,
     )
-    search.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (latest)")
+    add_checkpoint(search)
     search.add_argument(
         "--nfe", type=positive_int, default=DEFAULT_NFE, help=f"NFE budget to spend exactly (default {DEFAULT_NFE})"
     )

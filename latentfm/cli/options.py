@@ -81,6 +81,11 @@ def output_file(text: str) -> str:
     return text
 
 
+def add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint``: a checkpoint directory, or a run directory (its newest complete checkpoint)."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (its newest)")
+
+
 def add_device(parser: argparse.ArgumentParser, note: str = "") -> None:
     """``--device``: default auto, this rank's GPU when CUDA is available, else the CPU."""
     parser.add_argument("--device", type=device_name, default="auto", help=f"{DEVICES} (default auto{note})")
