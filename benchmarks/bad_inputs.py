@@ -1,6 +1,6 @@
 """Bad inputs by kind, each through the command line as a user would type it: the exit code and the one line the
-user reads (issue 15; RELIABILITY.md shows the table). The tests (tests/test_bad_input.py, test_untrusted.py,
-test_disk.py) assert the behaviour; this script writes down every message.
+user reads (issue 15; RELIABILITY.md shows the table). The tests (tests/robustness/: test_bad_input.py,
+test_untrusted.py, test_disk.py) assert the behaviour; this script writes down every message.
 
     python benchmarks/bad_inputs.py --out benchmarks/results/bad_inputs   # ~1 min on 2 CPU cores
 

@@ -20,7 +20,7 @@ DESCRIPTION = (
     "Train flow-matching image models in an autoencoder's latent space (or on pixels), sample them fast and "
     "measure them. Run `latentfm COMMAND --help` for a command's options."
 )
-# One example per command, shown at the end of its --help (tests/test_cli.py parses every one).
+# One example per command, shown at the end of its --help (tests/cli/test_cli.py parses every one).
 EXAMPLES = {
     "train": "latentfm train --config configs/digits.yaml train.steps=500",
     "train-refiner": "latentfm train-refiner --teacher runs/fashion_mnist --config configs/fashion_mnist_refiner.yaml",

@@ -12,20 +12,7 @@ from latentfm.pipeline import FlowPipeline
 from latentfm.training.loop import learning_rate
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY, run_torchrun
-
-
-def weights(run_dir, name):
-    return ckpt.read_tensors(ckpt.resolve_checkpoint(run_dir), name)
-
-
-def assert_same_tensors(a, b, exact=True):
-    assert a.keys() == b.keys()
-    for key in a:
-        if exact:
-            assert torch.equal(a[key], b[key]), key
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+from ..conftest import TINY, assert_same_tensors, run_torchrun, weights
 
 
 def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):

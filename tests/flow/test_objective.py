@@ -18,7 +18,7 @@ from latentfm.flow.paths import CosinePath
 from latentfm.tasks import TrainingBatch, build_task
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from ..conftest import TINY
 
 
 def brute_force_cost(x0: torch.Tensor, x1: torch.Tensor) -> float:

@@ -13,7 +13,7 @@ from latentfm.models.unet import UNet
 from latentfm.pipeline import FlowPipeline
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from ..conftest import TINY
 from .test_dit import inputs, perturb
 
 SMALL = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,))

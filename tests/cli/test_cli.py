@@ -13,7 +13,7 @@ from PIL import Image
 
 from latentfm.cli import build_parser, main
 
-from .conftest import TINY
+from ..conftest import TINY
 
 COMMANDS = [
     "train",

@@ -22,7 +22,7 @@ from latentfm.metrics.inception import load_inception
 from latentfm.pipeline import FlowPipeline
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from ..conftest import TINY
 
 
 class Payload:

@@ -19,8 +19,7 @@ from latentfm.pipeline import FlowPipeline
 from latentfm.training.autoencoder_trainer import AutoencoderTrainer
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY, run_torchrun
-from .test_autoencoder_training import TINY_AE
+from ..conftest import TINY, TINY_AE, run_torchrun
 
 
 @pytest.fixture(scope="module")

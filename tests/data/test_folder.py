@@ -21,8 +21,7 @@ from latentfm.data.folder import open_folder
 from latentfm.errors import LatentFMError
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY, run_torchrun
-from .test_trainer import assert_same_tensors, weights
+from ..conftest import TINY, assert_same_tensors, run_torchrun, weights
 
 
 def write_digits_folder(root, count: int = 200) -> None:

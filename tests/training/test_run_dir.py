@@ -15,7 +15,7 @@ from latentfm.config import config_to_dict, load_config
 from latentfm.errors import LatentFMError
 from latentfm.training.run_dir import RunDirectory
 
-from .conftest import TINY
+from ..conftest import TINY
 
 
 def checkpoint_state(config, step: int) -> ckpt.CheckpointState:

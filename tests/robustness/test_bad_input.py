@@ -29,7 +29,7 @@ from latentfm.sampling.program import schedule_from_text
 from latentfm.sampling.schedules import time_grid
 from latentfm.sampling.solvers import rules_nfe, turbo_rules
 
-from .conftest import TINY
+from ..conftest import TINY, TINY_AE
 
 
 def one_line_error(capsys) -> str:
@@ -172,8 +172,6 @@ def test_a_checkpoint_of_another_model_size_is_refused(tmp_path, capsys, small_r
 
 
 def test_a_checkpoint_of_another_kind_is_refused(tmp_path, capsys):
-    from .test_autoencoder_training import TINY_AE
-
     autoencoder = tmp_path / "autoencoder"
     args = ["train-autoencoder", "--config", "configs/fashion_mnist_autoencoder.yaml", *TINY_AE, "train.steps=1"]
     assert main([*args, f"train.out_dir={autoencoder}"]) == 0

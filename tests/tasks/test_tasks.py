@@ -25,8 +25,7 @@ from latentfm.training.autoencoder_trainer import AutoencoderTrainer
 from latentfm.training.loop import TASK
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
-from .test_autoencoder_training import TINY_AE
+from ..conftest import TINY, TINY_AE
 
 INPAINT = [*TINY, "task.kind=inpaint", "flow.coupling=independent", "train.steps=4", "sample.per_class=1"]
 SEMANTIC = [*TINY, "task.kind=semantic", "task.map_dropout=0.2", "train.steps=4", "sample.per_class=1"]

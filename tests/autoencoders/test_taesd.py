@@ -12,7 +12,7 @@ from latentfm.autoencoders.taesd import TinyAutoencoder, load_tiny_autoencoder
 from latentfm.errors import LatentFMError
 from latentfm.metrics.reconstruction import psnr_8bit
 
-TAEF2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "taef2"
+TAEF2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "taef2"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -11,24 +11,7 @@ from latentfm.config import AutoencoderRunConfig, KLModelConfig, config_to_dict,
 from latentfm.errors import LatentFMError
 from latentfm.training.autoencoder_trainer import AutoencoderTrainer
 
-from .conftest import run_torchrun
-from .test_trainer import assert_same_tensors, weights
-
-TINY_AE = [
-    "data.dataset=digits",
-    "data.hflip=true",
-    "model.channels=8",
-    "model.channel_mult=[1,2]",
-    "model.groups=4",
-    "model.latent_channels=2",
-    "train.device=cpu",
-    "train.batch_size=16",
-    "train.steps=6",
-    "train.log_every=2",
-    "train.checkpoint_every=0",
-    "train.ema_decay=0.9",
-    "optim.lr=1e-3",
-]
+from ..conftest import TINY_AE, assert_same_tensors, run_torchrun, weights
 
 
 def tiny_ae_config(run_dir, *extra):

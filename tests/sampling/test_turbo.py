@@ -18,7 +18,7 @@ from latentfm.sampling.solvers import integrate, rules_nfe, rules_refiner_calls,
 from latentfm.training.refiner_trainer import RefinerTrainer, refiner_config
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from ..conftest import TINY, assert_same_tensors, run_torchrun, weights
 
 
 def field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -192,9 +192,6 @@ def test_train_refiner_command_and_its_config_sections(teacher, tmp_path, capsys
 def test_two_process_refiner_training_matches_one_process(teacher, tmp_path):
     """torchrun with 2 gloo ranks and half the batch each trains the refiner one process trains (labels dropped
     per sample from the global batch's draws, whatever rank holds the sample)."""
-    from .conftest import run_torchrun
-    from .test_trainer import assert_same_tensors, weights
-
     RefinerTrainer(refiner_config(teacher, None, [*REFINER, f"train.out_dir={tmp_path / 'one'}"])).run()
     empty = tmp_path / "empty.yaml"
     empty.write_text("")

@@ -20,7 +20,7 @@ from latentfm.pipeline import FlowPipeline, Latents
 from latentfm.tasks import TrainingBatch, UpsampleTask, build_task
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from ..conftest import TINY
 
 UPSAMPLE = [*TINY, "task.kind=upsample", "train.steps=4", "sample.per_class=1", "sample.solver=euler", "sample.nfe=2"]
 

@@ -20,7 +20,7 @@ from latentfm import checkpoint as ckpt
 from latentfm.config import load_config
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from ..conftest import TINY
 
 FAULTY = [*TINY, "train.steps=60", "train.checkpoint_every=3", "train.log_every=1", "model.class_dropout=0.1"]
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")  # every run of a comparison on the same thread count

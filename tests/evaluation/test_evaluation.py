@@ -11,7 +11,7 @@ from latentfm.data import load_data_config
 from latentfm.errors import LatentFMError
 from latentfm.metrics.reference import load_reference
 
-from .conftest import TINY, run_torchrun
+from ..conftest import TINY, run_torchrun
 
 
 @pytest.fixture(scope="module")

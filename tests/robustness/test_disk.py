@@ -19,7 +19,7 @@ from latentfm.cli import main
 from latentfm.config import load_config
 from latentfm.training.trainer import Trainer
 
-from .conftest import TINY
+from ..conftest import TINY
 
 RUN = ["train", "--config", "configs/digits.yaml", *TINY, "train.checkpoint_every=2"]
 
