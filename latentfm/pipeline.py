@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from latentfm.atomic import write_bytes_atomic
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
@@ -23,6 +22,7 @@ from latentfm.errors import LatentFMError, first_difference
 from latentfm.image_io import save_grid, to_uint8, write_samples
 from latentfm.models.build import build_model
 from latentfm.models.refiner import build_refiner
+from latentfm.progress import progress_bar
 from latentfm.sampling import (
     GuidedRefiner,
     GuidedVelocity,
@@ -229,7 +229,7 @@ class FlowPipeline:
         elif sampler:
             raise LatentFMError(f"give settings or sampler keywords ({', '.join(sampler)}), not both")
         parts, stats = [], None
-        for start in tqdm(range(0, total, batch_size), desc="generating", disable=not progress):
+        for start in progress_bar(range(0, total, batch_size), desc="generating", show=progress):
             stop = min(start + batch_size, total)
             batch_labels = None if labels is None else labels[start:stop]
             batch_inputs = None if inputs is None else {name: value[start:stop] for name, value in inputs.items()}

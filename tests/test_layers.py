@@ -22,6 +22,7 @@ FLOORS = {
     "distributed": 0,
     "image_io": 0,
     "condition": 0,
+    "progress": 0,
     "config": 1,
     "data": 2,
     "autoencoders": 2,

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from latentfm.atomic import write_bytes_atomic
 from latentfm.errors import LatentFMError
 from latentfm.metrics.latency import synchronize
+from latentfm.progress import progress_bar
 from latentfm.sampling.program import SearchedSchedule
 from latentfm.sampling.sample import sample
 from latentfm.sampling.settings import interval_text
@@ -54,7 +54,7 @@ def solver_table(
     """
     jobs = [(solver, schedule, nfe) for solver in solvers for schedule in schedules for nfe in nfes]
     rows = []
-    for solver, schedule, nfe in tqdm(jobs, desc="solvers", disable=not progress):
+    for solver, schedule, nfe in progress_bar(jobs, desc="solvers", show=progress):
         name, skip_last = solver.removesuffix("+euler_last"), solver.endswith("+euler_last")
         try:
             x, stats, seconds = timed_sample(velocity, x0, solver=name, nfe=nfe, schedule=schedule, skip_last=skip_last)

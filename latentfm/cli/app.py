@@ -15,6 +15,7 @@ from latentfm.cli.generate import add_commands as add_generate
 from latentfm.cli.info import add_commands as add_info
 from latentfm.cli.train import add_commands as add_train
 from latentfm.errors import LatentFMError, Terminated
+from latentfm.progress import set_quiet
 
 DESCRIPTION = (
     "Train flow-matching image models in an autoencoder's latent space (or on pixels), sample them fast and "
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``latentfm`` command: every family adds its commands."""
     parser = argparse.ArgumentParser(prog="latentfm", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"latentfm {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_family in (add_train, add_generate, add_evaluate, add_bench, add_info):
         add_family(commands)
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:
         return int(stop.code or 0)
+    set_quiet(args.quiet)
     try:
         args.run(args)
     except LatentFMError as error:

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from latentfm.atomic import atomic_file, remove_leftovers, write_bytes_atomic
 from latentfm.autoencoders import build_autoencoder
@@ -33,6 +32,7 @@ from latentfm.data.loader import BatchRequest, read_batches
 from latentfm.distributed import barrier, setup_distributed
 from latentfm.errors import LatentFMError
 from latentfm.image_io import area_downsample, bicubic_upsample
+from latentfm.progress import progress_bar
 from latentfm.seeding import derive_seed
 
 MOMENT_ROWS = 256  # latents per step of the moments pass over the finished shards (bounded memory)
@@ -143,7 +143,7 @@ def encode_shards(
     total = sum(min(size, len(data) - s * size) for s in todo)
     replaced = 0
     views = 2 if header["hflip"] else 1
-    with tqdm(total=total, desc="encoding", disable=not progress) as bar, contextlib.closing(batches):
+    with progress_bar(total=total, desc="encoding", show=progress) as bar, contextlib.closing(batches):
         for shard in todo:
             torch.manual_seed(derive_seed(seed, shard))
             rows = min(size, len(data) - shard * size)

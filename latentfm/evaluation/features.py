@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from latentfm.data import BatchRequest, ImageDataset, read_batches
 from latentfm.errors import LatentFMError
@@ -24,6 +23,7 @@ from latentfm.metrics.latency import synchronize
 from latentfm.metrics.precision_recall import precision_recall
 from latentfm.metrics.reference import ReferenceStats, check_protocol, load_reference
 from latentfm.pipeline import FlowPipeline
+from latentfm.progress import progress_bar
 from latentfm.sampling import SamplerSettings
 
 FEATURE_BATCH = 256
@@ -60,7 +60,7 @@ def reference_statistics(
     starts = range(0, len(data), FEATURE_BATCH)
     requests = [BatchRequest(torch.arange(start, min(start + FEATURE_BATCH, len(data)))) for start in starts]
     batches = read_batches(data, requests, workers)
-    with tqdm(total=len(requests), desc="features", disable=not progress) as bar, contextlib.closing(batches):
+    with progress_bar(total=len(requests), desc="features", show=progress) as bar, contextlib.closing(batches):
         for start, batch in zip(starts, batches):
             features, _ = _extract(extractor, batch.images)
             stats.update(features)

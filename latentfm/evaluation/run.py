@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from latentfm.atomic import remove_leftovers, write_bytes_atomic
 from latentfm.checkpoint import weights_sha256
@@ -31,6 +30,7 @@ from latentfm.metrics.frechet import FeatureStats
 from latentfm.metrics.latency import median_seconds
 from latentfm.metrics.reference import check_protocol, load_reference
 from latentfm.pipeline import FlowPipeline
+from latentfm.progress import progress_bar
 from latentfm.sampling import ADAPTIVE_SOLVERS
 
 
@@ -122,7 +122,7 @@ class Evaluation:
         """Write every missing shard of this rank (shard ``k`` goes to rank ``k mod world_size``)."""
         starts = list(range(0, self.settings.n, self.settings.shard_size))[self.dist.rank :: self.dist.world_size]
         todo = [s for s in starts if not self._shard_path(s).is_file()]
-        for start in tqdm(todo, desc=f"shards (rank {self.dist.rank})", disable=not self.progress):
+        for start in progress_bar(todo, desc=f"shards (rank {self.dist.rank})", show=self.progress):
             indices = range(start, min(start + self.settings.shard_size, self.settings.n))
             arrays, images = generated_features(
                 self.pipe,

@@ -12,9 +12,9 @@ The program with the lowest calibration error wins. Judge the result on sources 
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from latentfm.errors import LatentFMError
+from latentfm.progress import progress_bar
 from latentfm.sampling.program import LMS_HISTORY, SearchedSchedule
 from latentfm.sampling.sample import sample
 from latentfm.sampling.schedules import named_grid
@@ -137,7 +137,7 @@ def search_schedule(
     ranked = sorted(best_start.items(), key=lambda item: item[1][0])
     chosen = ranked[:keep] + [item for item in ranked[keep:] if item[0] == "lms"]  # always tune the lms weights
     results = []
-    for name, (start_error, schedule, times) in tqdm(chosen, desc="searching", disable=not progress):
+    for name, (start_error, schedule, times) in progress_bar(chosen, desc="searching", show=progress):
         error, tuned, coefficients = _tune(velocity, x0_calibration, reference, programs[name], times, iterations)
         results.append((error, name, schedule, start_error, tuned, coefficients))
     error, name, schedule, start_error, tuned, coefficients = min(results, key=lambda r: r[0])

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from latentfm.atomic import write_bytes_atomic
 from latentfm.autoencoders import Autoencoder
@@ -25,6 +24,7 @@ from latentfm.data import BatchRequest, ImageDataset, load_data_config, read_bat
 from latentfm.errors import LatentFMError
 from latentfm.image_io import save_grid
 from latentfm.metrics.reconstruction import psnr_8bit
+from latentfm.progress import progress_bar
 from latentfm.seeding import derive_seed, generator
 from latentfm.training.ema import EMA
 from latentfm.training.loop import INIT, MODEL, NOISE, TrainingLoop
@@ -178,7 +178,7 @@ def reconstruction_psnr(
     total = min(len(data), limit or len(data))
     requests = [BatchRequest(rows) for rows in torch.arange(total).split(batch_size)]
     values, batches = [], read_batches(data, requests, workers, device)
-    with tqdm(total=len(requests), desc="reconstructing", disable=not progress) as bar, contextlib.closing(batches):
+    with progress_bar(total=len(requests), desc="reconstructing", show=progress) as bar, contextlib.closing(batches):
         for batch in batches:
             images = batch.floats()
             values.append(psnr_8bit(images.cpu(), autoencoder.decode(autoencoder.encode(images)).float().cpu()))

@@ -33,6 +33,7 @@ from latentfm.config import OptimConfig, config_to_dict
 from latentfm.data import BatchRequest, ImageBatch, ImageDataset, load_data_config, read_batches
 from latentfm.distributed import mean_across_ranks, setup_distributed
 from latentfm.errors import LatentFMError, Terminated
+from latentfm.progress import progress_bar
 from latentfm.seeding import generator
 from latentfm.training.run_dir import RunDirectory
 
@@ -287,7 +288,7 @@ class TrainingLoop:
         if self.step >= last and self.run_dir.is_finished(self.step):
             return self.run_dir.checkpoint_dir(self.step)
         with self.run_dir.exclusive(start_step=self.step):
-            bar = tqdm(total=last, initial=self.step, desc="training", disable=not self.dist.is_main)
+            bar = progress_bar(total=last, initial=self.step, desc="training", show=self.dist.is_main)
             try:
                 with stop_at_step_boundaries() as check:
                     self._train_until(last, bar, check)

@@ -97,6 +97,13 @@ def test_every_command_shows_an_example_that_parses(capsys):
     assert "example:\n  latentfm sample" in capsys.readouterr().out
 
 
+def test_quiet_turns_progress_bars_off(trained_run, tmp_path):
+    args = ["sample", "--checkpoint", str(trained_run), "--n", "2", "--nfe", "2", "--out", str(tmp_path)]
+    quiet, loud = run_cli("--quiet", *args), run_cli(*args)
+    assert quiet.returncode == loud.returncode == 0
+    assert "generating" not in quiet.stderr and "generating" in loud.stderr
+
+
 def test_version_and_a_missing_gpu_named_by_its_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["--version"])
