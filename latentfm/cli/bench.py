@@ -8,7 +8,15 @@ from pathlib import Path
 import torch
 
 from latentfm.cli.inputs import int_list
-from latentfm.cli.options import FEATURES_HELP, add_device, device, non_negative_int, output_dir, pipeline, positive_int
+from latentfm.cli.options import (
+    FEATURES_HELP,
+    add_device,
+    add_output_dir,
+    device,
+    non_negative_int,
+    pipeline,
+    positive_int,
+)
 from latentfm.errors import LatentFMError
 
 
@@ -90,7 +98,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--seed", type=non_negative_int, default=0, help="seed of the evaluation noise (calibration uses +1)"
     )
     add_device(solvers)
-    solvers.add_argument("--out", type=output_dir, default="out/bench_solvers", help="output directory")
+    add_output_dir(solvers, "out/bench_solvers")
     solvers.set_defaults(run=cmd_bench_solvers)
     turbo = benches.add_parser(
         "turbo", help="sample quality against time per image, FlowTurbo included", description=cmd_bench_turbo.__doc__
@@ -113,5 +121,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--compile", nargs="?", const="default", metavar="MODE", help="also time every sampler compiled (torch.compile)"
     )
     add_device(turbo)
-    turbo.add_argument("--out", type=output_dir, default="out/bench_turbo", help="output directory")
+    add_output_dir(turbo, "out/bench_turbo")
     turbo.set_defaults(run=cmd_bench_turbo)

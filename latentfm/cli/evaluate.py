@@ -13,11 +13,11 @@ from latentfm.cli.options import (
     FEATURES_HELP,
     add_checkpoint,
     add_device,
+    add_output_dir,
     add_sampler_arguments,
     dataset_config,
     device,
     non_negative_int,
-    output_dir,
     output_file,
     positive_int,
 )
@@ -172,7 +172,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--latency-repeats", type=positive_int, default=5, help="timed repeats after 2 warm-up runs")
     add_device(evaluate, "; under torchrun, this rank's GPU")
-    evaluate.add_argument(
-        "--out", type=output_dir, required=True, help="output directory (an unfinished one is resumed)"
-    )
+    add_output_dir(evaluate, help="output directory (an unfinished one is resumed)")
     evaluate.set_defaults(run=cmd_eval)

@@ -21,10 +21,10 @@ from latentfm.cli.inputs import (
 from latentfm.cli.options import (
     add_checkpoint,
     add_device,
+    add_output_dir,
     add_sampler_arguments,
     device,
     non_negative_int,
-    output_dir,
     output_file,
     pipeline,
     positive_int,
@@ -206,7 +206,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="boost the samples with an upsample checkpoint (repeatable: a cascade, latents never decoded between)",
     )
     add_device(sample)
-    sample.add_argument("--out", type=output_dir, required=True, help="output directory")
+    add_output_dir(sample)
     sample.set_defaults(run=cmd_sample)
 
     upsample = commands.add_parser(
@@ -216,7 +216,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     upsample.add_argument("--input", required=True, help="folder of low-resolution PNGs, samples.npz or latents.npz")
     add_sampler_arguments(upsample)
     add_device(upsample)
-    upsample.add_argument("--out", type=output_dir, required=True, help="output directory")
+    add_output_dir(upsample)
     upsample.set_defaults(run=cmd_upsample)
 
     inpaint = commands.add_parser(
@@ -231,7 +231,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     inpaint.add_argument("--n", type=positive_int, default=8, metavar="PER_IMAGE", help="completions of each image")
     add_sampler_arguments(inpaint)
     add_device(inpaint)
-    inpaint.add_argument("--out", type=output_dir, required=True, help="output directory")
+    add_output_dir(inpaint)
     inpaint.set_defaults(run=cmd_inpaint)
 
     search = commands.add_parser(

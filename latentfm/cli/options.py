@@ -81,6 +81,11 @@ def output_file(text: str) -> str:
     return text
 
 
+def add_output_dir(parser: argparse.ArgumentParser, default: str | None = None, help: str = "output directory") -> None:
+    """``--out``: the directory a command writes into (required unless it has a ``default``)."""
+    parser.add_argument("--out", type=output_dir, required=default is None, default=default, help=help)
+
+
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint``: a checkpoint directory, or a run directory (its newest complete checkpoint)."""
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (its newest)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latentfm.cli.options import add_device, non_negative_int, output_dir, positive_int
+from latentfm.cli.options import add_device, add_output_dir, non_negative_int, positive_int
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -121,9 +121,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     encode = commands.add_parser("encode", help="encode a dataset into a latent cache", description=cmd_encode.__doc__)
     encode.add_argument("--config", required=True, help="YAML config whose data and autoencoder sections are used")
-    encode.add_argument(
-        "--out", type=output_dir, required=True, help="cache directory (created; an unfinished one is resumed)"
-    )
+    add_output_dir(encode, help="cache directory (created; an unfinished one is resumed)")
     encode.add_argument(
         "--hflip",
         action=argparse.BooleanOptionalAction,
@@ -156,7 +154,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo", help="train on built-in digits and sample (CPU, minutes)", description=cmd_demo.__doc__
     )
-    demo.add_argument("--out", type=output_dir, default="out/demo", help="output directory (default out/demo)")
+    add_output_dir(demo, "out/demo")
     demo.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the recipe's)")
     demo.add_argument("--per-class", type=positive_int, default=50, help="samples per class (default 50)")
     demo.add_argument("--seed", type=non_negative_int, default=0, help="seed of training and sampling")

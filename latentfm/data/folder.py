@@ -186,7 +186,8 @@ def open_folder(
     root = Path(path)
     if index_file is None:
         return scan_folder(root)
-    if is_main_rank():
+    main = is_main_rank()
+    if main:
         index = scan_folder(root)
         saved = FolderIndex.load(index_file, root) if Path(index_file).is_file() else None
         change = None if saved is None else saved.difference(index)
@@ -198,6 +199,8 @@ def open_folder(
         if saved is None or change:
             index.save(index_file)
     barrier()
+    if main:
+        return index
     loaded = FolderIndex.load(index_file, root)
     if loaded is None:
         raise LatentFMError(f"cannot read the folder index {index_file}: delete it and start again")
