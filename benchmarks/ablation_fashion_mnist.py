@@ -92,7 +92,7 @@ def main() -> None:
         }
         for weights in ("ema", "raw") if name in JUDGE_RAW else ("ema",):
             pipe = FlowPipeline.from_checkpoint(run, use_ema=weights == "ema")
-            images, _ = pipe.generate(labels, seed=0, solver="euler", nfe=8, cfg=2.0)
+            images, _ = pipe.generate(labels, seed=0, settings=pipe.sampler.with_(solver="euler", nfe=8, cfg=2.0))
             row[weights] = judge(quantise(images), labels)
         results[f"{name}_{args.steps}"] = row
         write_bytes_atomic(RESULTS, json.dumps(results, indent=1).encode())

@@ -81,7 +81,7 @@ def main() -> None:
     for solver in ("euler", "heun"):
         for cfg in (1.0, 2.0, 3.0):
             start = time.perf_counter()
-            images, stats = pipe.generate(labels, seed=0, solver=solver, nfe=8, cfg=cfg)
+            images, stats = pipe.generate(labels, seed=0, settings=pipe.sampler.with_(solver=solver, nfe=8, cfg=cfg))
             seconds = time.perf_counter() - start
             rows.append(
                 {

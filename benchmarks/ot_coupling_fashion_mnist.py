@@ -83,7 +83,7 @@ def judge_run(run: Path, judge, labels: torch.Tensor) -> dict:
     row = {"straightness": straightness(pipe), "cfg": pipe.sampler.cfg}
     for solver, nfe in SETTINGS:
         start = time.perf_counter()
-        images, stats = pipe.generate(labels, seed=0, solver=solver, nfe=nfe)
+        images, stats = pipe.generate(labels, seed=0, settings=pipe.sampler.with_(solver=solver, nfe=nfe))
         seconds = time.perf_counter() - start
         row[f"{solver}_{nfe}"] = {**judge(quantise(images), labels), "nfe": stats.nfe, "seconds": seconds}
         print(run, solver, nfe, row[f"{solver}_{nfe}"], flush=True)

@@ -48,7 +48,7 @@ from latentfm.cli import dataset_config
 from latentfm.condition import Condition
 from latentfm.data import load_data_config
 from latentfm.image_io import make_grid, quantise, save_png
-from latentfm.sampling import GuidedVelocity, interval_from_text, sample
+from latentfm.sampling import GuidedVelocity, SamplerSettings, interval_from_text, interval_text, sample
 from latentfm.seeding import source_noise
 
 RESULTS = Path(__file__).parent / "results"
@@ -132,7 +132,7 @@ def peer_samples(weights: Path, setting: tuple, seed: int, per_class: int) -> tu
                 interval,
             )
             x0 = source_noise(seed, range(first, first + len(batch)), (1, 28, 28))
-            parts.append(sample(velocity, x0, solver, nfe=nfe)[0])
+            parts.append(sample(velocity, x0, SamplerSettings(solver, nfe=nfe))[0])
     seconds = time.perf_counter() - start
     return quantise(torch.cat(parts)), seconds
 
@@ -185,7 +185,10 @@ def measure(system: str, setting: tuple, seed: int, work: Path, models: dict[str
     if system == "latentfm":
         out = work / "samples" / key
         images, labels, stats = latentfm_samples(setting, seed, models[system], out, per_class)
-        used = setting_name(stats["solver"], stats["nfe"], stats["cfg"], stats.get("guidance_interval"))
+        sampler = stats.get("sampler", stats)  # stats.json of latentfm sample: the settings under "sampler"
+        interval = sampler.get("guidance_interval")
+        interval = interval_text(tuple(interval)) if isinstance(interval, list) else interval
+        used = setting_name(stats["solver"], stats["nfe"], sampler["cfg"], interval)
         seconds = stats["seconds"]
         used = f"default: {used}" if setting[0] == "default" else used
     else:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from latentfm.errors import LatentFMError
+from latentfm.sampling.settings import SamplerSettings
 
 
 @dataclass
@@ -169,21 +170,6 @@ class TaskConfig:
 
 
 @dataclass
-class SampleConfig:
-    """The recipe's sampler: training grids, the demo, and ``latentfm sample`` / ``eval`` when no solver is given.
-    Unset fields keep the library defaults of ``latentfm.sampling.SamplerSettings``."""
-
-    solver: str | None = None
-    nfe: int | None = None
-    steps: int | None = None
-    schedule: str | None = None
-    cfg: float | None = None
-    guidance_interval: tuple[float, float] | None = None  # guide only for t in [low, high]; None: everywhere
-    turbo: str | None = None  # a FlowTurbo program H{n}P{m}R{k} (refiner runs): replaces solver and budget
-    per_class: int = 8
-
-
-@dataclass
 class EvalConfig:
     """Training-time evaluation: every ``every`` steps (0: never) the main rank draws ``samples`` EMA samples with
     the ``sample`` section's solver, NFE and guidance (sample i: class i mod num_classes, noise (train.seed, i)),
@@ -233,7 +219,8 @@ class TrainConfig:
     compile: bool = False
     out_dir: str = "runs/default"
     log_every: int = 50
-    sample_every: int = 0
+    sample_every: int = 0  # a grid of sample_per_class samples per class every this many steps (0: never)
+    sample_per_class: int = 8
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     max_nonfinite_steps: int = 10  # non-finite steps in a row (skipped) before the run stops; 0: never stops
@@ -249,7 +236,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: SamplerSettings = field(default_factory=SamplerSettings)  # the recipe's sampler (sampling/settings.py)
     eval: EvalConfig = field(default_factory=EvalConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -309,8 +296,8 @@ def _parse_float(value: str, key: str) -> float:
 # finer checks that need the data or the model (a batch larger than the data) happen where those are known.
 AT_LEAST_ONE = {
     "steps", "batch_size", "hidden_size", "depth", "num_heads", "patch_size", "model_channels", "num_res_blocks",
-    "num_head_channels", "channels", "latent_channels", "groups", "disc_channels", "map_channels", "per_class",
-    "samples", "norm_batches", "log_every", "nfe", "image_size", "upsample_factor",
+    "num_head_channels", "channels", "latent_channels", "groups", "disc_channels", "map_channels",
+    "sample_per_class", "samples", "norm_batches", "log_every", "image_size", "upsample_factor",
 }  # fmt: skip
 AT_LEAST_ZERO = {
     "sample_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps", "warmup_steps", "gan_start",
@@ -352,7 +339,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if hasattr(tp, "from_values"):  # a section that reads itself (the sampler)
+            kwargs[name] = tp.from_values(value, prefix + name)
+        elif dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
@@ -385,7 +374,23 @@ def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, .
     tree = _as_tree(values)
     for override in overrides:
         _apply_override(tree, override)
-    return _build(cls, tree, "")
+    return _build(cls, _moved_keys(tree), "")
+
+
+# Keys that moved: (section, key) -> (section, key). Configs and checkpoints written before keep loading.
+MOVED_KEYS = {("sample", "per_class"): ("train", "sample_per_class")}
+
+
+def _moved_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with each key of ``MOVED_KEYS`` under its new name (a value given under both names wins new)."""
+    for (section, key), (new_section, new_key) in MOVED_KEYS.items():
+        old = tree.get(section)
+        if isinstance(old, dict) and key in old:
+            value = old.pop(key)
+            target = tree.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target.setdefault(new_key, value)
+    return tree
 
 
 def _as_tree(values: dict[str, Any]) -> dict[str, Any]:
@@ -409,8 +414,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested values (tuples as lists) suitable for YAML or JSON."""
-    return _as_lists(dataclasses.asdict(config))
+    """Plain nested values (tuples as lists) suitable for YAML or JSON, read back by ``config_from_dict``."""
+    values = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if hasattr(value, "to_values"):
+            values[item.name] = value.to_values()
+        elif dataclasses.is_dataclass(value):
+            values[item.name] = config_to_dict(value)
+        else:
+            values[item.name] = _as_lists(value)
+    return values
 
 
 def _as_lists(value: Any) -> Any:

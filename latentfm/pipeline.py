@@ -29,7 +29,6 @@ from latentfm.sampling import (
     SamplerSettings,
     SampleStats,
     sample,
-    settings_from_section,
 )
 from latentfm.seeding import source_noise
 from latentfm.tasks import Inputs, Task, build_task
@@ -85,7 +84,8 @@ class FlowPipeline:
 
     Example:
         >>> pipe = FlowPipeline.from_checkpoint("runs/digits")  # doctest: +SKIP
-        >>> images, stats = pipe.generate(labels=torch.arange(10), seed=0, nfe=8, cfg=2.0)  # doctest: +SKIP
+        >>> settings = pipe.sampler.with_(nfe=8, cfg=2.0)  # doctest: +SKIP
+        >>> images, stats = pipe.generate(labels=torch.arange(10), seed=0, settings=settings)  # doctest: +SKIP
     """
 
     model: nn.Module
@@ -133,7 +133,7 @@ class FlowPipeline:
             image_shape=tuple(data.image_shape),
             class_names=data.class_names,
             task=task,
-            sampler=settings_from_section(config.sample),
+            sampler=config.sample,
             autoencoder_identity=state.autoencoder,
         )
 
@@ -206,14 +206,13 @@ class FlowPipeline:
         progress: bool = False,
         decode: bool = False,
         inputs: Inputs | None = None,
-        **sampler: Any,
     ) -> tuple[torch.Tensor, SampleStats]:
         """Normalised latents for ``labels`` (or ``n`` unconditional samples); with ``decode``, images in
         [-1, 1] on the CPU, decoded batch by batch.
 
         Sample ``i`` starts from noise seeded by ``(seed, first_index + i)``, so results do not depend
-        on the batch size. The sampler is ``settings``, or the recipe's ``sampler`` with the fields of
-        ``SamplerSettings`` given as keywords (``solver=``, ``nfe=``, ``cfg=``, ...) replaced. ``inputs``
+        on the batch size. The sampler is ``settings`` (default: the recipe's ``sampler``; change a field with
+        ``pipe.sampler.with_(nfe=4)``). ``inputs``
         are the task's per-sample inputs (``image`` and ``mask`` to inpaint, ``map`` to follow), one row per
         sample. Returns the latents (or images) and the stats of the last batch (NFE is the same for all).
         """
@@ -224,22 +223,26 @@ class FlowPipeline:
         for name, value in (inputs or {}).items():
             if len(value) != total:
                 raise LatentFMError(f"{len(value)} {name} inputs for {total} samples: give one per sample")
-        if settings is None:
-            settings = self.sampler.with_(**sampler)
-        elif sampler:
-            raise LatentFMError(f"give settings or sampler keywords ({', '.join(sampler)}), not both")
+        settings = settings or self.sampler
+        starts = range(0, total, batch_size)
+        bar = progress_bar(desc=f"generating {total} samples", unit="call", show=progress)  # per velocity call
         parts, stats = [], None
-        for start in progress_bar(range(0, total, batch_size), desc="generating", show=progress):
+        for start in starts:
             stop = min(start + batch_size, total)
             batch_labels = None if labels is None else labels[start:stop]
             batch_inputs = None if inputs is None else {name: value[start:stop] for name, value in inputs.items()}
             velocity = self.velocity(batch_labels, settings.cfg, settings.guidance_interval, batch_inputs, stop - start)
+            velocity.progress = bar
             x0 = self.task.source(velocity.cond, self.source(stop - start, seed, first_index + start))
             refine = None if self.refiner is None else GuidedRefiner(self.refiner_velocity, velocity)
             z, stats = sample(velocity, x0, settings=settings, refine=refine)
             stats.network_passes = velocity.network_passes
             stats.refiner_passes = 0 if refine is None else refine.network_passes
             parts.append(self.decode(z.float(), batch_size) if decode else z.float())
+            if bar.total is None and not settings.adaptive:  # every batch makes the same calls as the first
+                bar.total = stats.nfe * len(starts)
+                bar.refresh()
+        bar.close()
         return torch.cat(parts), stats
 
     @torch.no_grad()
@@ -335,6 +338,11 @@ class FlowPipeline:
     def _autocast(self) -> torch.autocast:
         enabled = self.autocast_dtype is not None
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
+
+
+def recipe_sampler(path: str | Path) -> SamplerSettings:
+    """The sampler of a flow checkpoint's recipe (its config's ``sample`` section), read without its weights."""
+    return config_from_dict(read_state(resolve_checkpoint(path), "flow").config).sample
 
 
 def save_upsampled(

@@ -26,7 +26,7 @@ TINY = [
     "optim.lr=1e-3",
     "optim.warmup_steps=2",
     "sample.nfe=2",
-    "sample.per_class=2",
+    "train.sample_per_class=2",
 ]
 
 # A tiny KL autoencoder on digits (factor 2, 2 latent channels).

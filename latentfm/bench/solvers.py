@@ -16,7 +16,7 @@ from latentfm.metrics.latency import synchronize
 from latentfm.progress import progress_bar
 from latentfm.sampling.program import SearchedSchedule
 from latentfm.sampling.sample import sample
-from latentfm.sampling.settings import interval_text
+from latentfm.sampling.settings import SamplerSettings, interval_text
 from latentfm.sampling.solvers import Velocity
 
 NFES = (4, 6, 8, 10, 16, 32)
@@ -29,11 +29,11 @@ def rmse(x: torch.Tensor, reference: torch.Tensor) -> float:
     return float((x.double() - reference.double()).square().mean().sqrt())
 
 
-def timed_sample(velocity: Velocity, x0: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any, float]:
+def timed_sample(velocity: Velocity, x0: torch.Tensor, settings: SamplerSettings) -> tuple[torch.Tensor, Any, float]:
     """``sample`` with the wall time it took (device synchronised at both ends)."""
     synchronize(x0.device)
     start = time.perf_counter()
-    x, stats = sample(velocity, x0, **kwargs)
+    x, stats = sample(velocity, x0, settings)
     synchronize(x0.device)
     return x, stats, time.perf_counter() - start
 
@@ -57,12 +57,13 @@ def solver_table(
     for solver, schedule, nfe in progress_bar(jobs, desc="solvers", show=progress):
         name, skip_last = solver.removesuffix("+euler_last"), solver.endswith("+euler_last")
         try:
-            x, stats, seconds = timed_sample(velocity, x0, solver=name, nfe=nfe, schedule=schedule, skip_last=skip_last)
+            settings = SamplerSettings(name, nfe, schedule=schedule, options={"skip_last": True} if skip_last else {})
+            x, stats, seconds = timed_sample(velocity, x0, settings)
         except LatentFMError:  # the budget is below the solver's minimum
             continue
         rows.append(_row(solver, schedule, nfe, stats.nfe, rmse(x, reference), seconds))
     for nfe, schedule in sorted((searched or {}).items()):
-        x, stats, seconds = timed_sample(velocity, x0, schedule=schedule)
+        x, stats, seconds = timed_sample(velocity, x0, SamplerSettings(schedule=schedule))
         rows.append(_row("searched", schedule.info.get("program", ""), nfe, stats.nfe, rmse(x, reference), seconds))
     return rows
 
@@ -101,7 +102,8 @@ def _bench_part(
     """The reference (dopri5 at rtol=atol=``tolerance``), the searched schedules and the solver table."""
     from latentfm.sampling.search import search_schedule
 
-    reference, stats = sample(velocity, x0, solver="dopri5", rtol=tolerance, atol=tolerance)
+    dopri5 = SamplerSettings("dopri5", options={"rtol": tolerance, "atol": tolerance})
+    reference, stats = sample(velocity, x0, dopri5)
     searched = {
         nfe: search_schedule(velocity, calibration, nfe, iterations=iterations, progress=True) for nfe in search_nfes
     }
@@ -153,7 +155,7 @@ def checkpoint_bench(
 
     pipe = FlowPipeline.from_checkpoint(checkpoint, device=device)
     recipe = pipe.sampler.with_given(cfg=cfg)
-    cfg, interval = recipe.cfg if recipe.cfg is not None else 1.0, recipe.guidance_interval
+    cfg, interval = recipe.cfg, recipe.guidance_interval
     velocity = pipe.velocity(pipe.cycled_labels(samples), cfg, interval, n=samples)
     x0, calibration = pipe.source(samples, seed), pipe.source(samples, seed + 1)
     description = f"{checkpoint}, guidance {cfg} ({interval_text(interval)}), latents, reference dopri5 1e-6"

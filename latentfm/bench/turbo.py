@@ -29,16 +29,16 @@ from latentfm.sampling.solvers import rules_refiner_calls
 SAMPLERS = ("euler:8", "euler:16", "midpoint:8", "heun:8", "heun:16", "H1P4R3", "H1P5R2", "H2P3R3", "H1P3R4")
 
 
-def sampler_settings(text: str, recipe: SamplerSettings) -> SamplerSettings:
+def named_sampler(text: str, recipe: SamplerSettings) -> SamplerSettings:
     """A sampler as the command line names it, with the recipe's guidance: ``SOLVER:NFE`` (``heun:16``), a
     turbo program (``H1P5R3``) or a ``search-schedule`` JSON file; the first two run on the uniform grid unless
     ``@SCHEDULE`` names another (``H1P6R0@shift:0.5``).
 
     Example:
         >>> recipe = SamplerSettings(cfg=2.0)
-        >>> sampler_settings("heun:16", recipe).nfe, sampler_settings("H1P5R3", recipe).turbo
+        >>> named_sampler("heun:16", recipe).nfe, named_sampler("H1P5R3", recipe).turbo
         (16, 'H1P5R3')
-        >>> sampler_settings("H1P5R3@edm:7", recipe).schedule
+        >>> named_sampler("H1P5R3@edm:7", recipe).schedule
         'edm:7'
     """
     if text.endswith(".json"):
@@ -70,7 +70,7 @@ def turbo_bench(
     rows = []
     for text in samplers:
         for mode in compile_modes:
-            settings = sampler_settings(text, pipe.sampler).with_(compile=mode)
+            settings = named_sampler(text, pipe.sampler).with_(compile=mode)
             compile_seconds = _warm_up(pipe, settings) if mode else 0.0
             result = evaluation(pipe, n, seed, settings)
             row = {

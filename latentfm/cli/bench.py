@@ -12,6 +12,7 @@ from latentfm.cli.options import (
     FEATURES_HELP,
     add_device,
     add_output_dir,
+    add_sampler_flags,
     device,
     non_negative_int,
     pipeline,
@@ -45,18 +46,19 @@ def cmd_bench_turbo(args: argparse.Namespace) -> None:
     same N samples each. Writes OUT/turbo.json, OUT/turbo.md and OUT/turbo.png (FD against ms per image)."""
     from dataclasses import replace
 
-    from latentfm.bench.turbo import SAMPLERS, sampler_settings, turbo_bench, write_turbo_report
+    from latentfm.bench.turbo import SAMPLERS, named_sampler, turbo_bench, write_turbo_report
     from latentfm.evaluation import TrainingEvaluation
     from latentfm.evaluation.report import machine_description
     from latentfm.sampling import SamplerSettings
     from latentfm.sampling.solvers import rules_refiner_calls
 
     samplers = [text for text in args.samplers.split(",") if text] if args.samplers else list(SAMPLERS)
-    programs = [sampler_settings(text, SamplerSettings()) for text in samplers]  # bad names fail before any work
+    programs = [named_sampler(text, SamplerSettings()) for text in samplers]  # bad names fail before any work
     if not args.refiner and any(s.turbo and rules_refiner_calls(s.rules) for s in programs):
         raise LatentFMError("turbo programs with refiner steps need --refiner RUN (latentfm train-refiner)")
     pipe = pipeline(args)
-    pipe = replace(pipe, sampler=pipe.sampler.with_given(cfg=args.cfg, guidance_interval=args.guidance_interval))
+    guidance = pipe.sampler.with_given(cfg=args.cfg, guidance_interval=args.guidance_interval)
+    pipe = replace(pipe, sampler=guidance)
     evaluation = TrainingEvaluation(args.features, args.reference, pipe.image_shape, pipe.device)
     modes = (None, args.compile) if args.compile else (None,)
     rows = turbo_bench(pipe, evaluation, samplers, args.n, args.seed, modes)
@@ -91,7 +93,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     solvers.add_argument(
         "--n", type=positive_int, default=256, metavar="SAMPLES", help="samples the checkpoint's errors average over"
     )
-    solvers.add_argument("--cfg", type=float, help="guidance weight for the checkpoint (default: its sample section's)")
+    add_sampler_flags(solvers, ("cfg",))  # the checkpoint's guidance
     solvers.add_argument("--search-nfe", default="8", help="NFE budgets to search a schedule for ('' for none)")
     solvers.add_argument("--iterations", type=positive_int, default=100, help="search L-BFGS iterations per program")
     solvers.add_argument(
@@ -115,8 +117,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     turbo.add_argument("--n", type=positive_int, default=1000, metavar="PER_SAMPLER", help="samples per sampler")
     turbo.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (sample i uses (seed, i))")
-    turbo.add_argument("--cfg", type=float, help="guidance weight (default: the checkpoint's)")
-    turbo.add_argument("--guidance-interval", metavar="LOW,HIGH", help="guidance interval (default: the checkpoint's)")
+    add_sampler_flags(turbo, ("cfg", "guidance_interval"))
     turbo.add_argument(
         "--compile", nargs="?", const="default", metavar="MODE", help="also time every sampler compiled (torch.compile)"
     )

@@ -20,6 +20,7 @@ from latentfm.cli.options import (
     non_negative_int,
     output_file,
     positive_int,
+    sampler_settings,
 )
 from latentfm.errors import LatentFMError
 
@@ -98,9 +99,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
     and OUT/report.md."""
     from latentfm.distributed import teardown_distributed
     from latentfm.evaluation import EvalSettings, Evaluation
+    from latentfm.pipeline import recipe_sampler
 
-    fields = set(EvalSettings.__dataclass_fields__)
-    settings = EvalSettings(**{k: v for k, v in vars(args).items() if k in fields})
+    settings = EvalSettings(
+        checkpoint=args.checkpoint,
+        reference=args.reference,
+        features=args.features,
+        sampler=sampler_settings(args, recipe_sampler(args.checkpoint)),
+        classifier=args.classifier,
+        refiner=args.refiner,
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        keep_features=args.keep_features,
+        latency_batch=args.latency_batch,
+        latency_repeats=args.latency_repeats,
+    )
     try:
         report = Evaluation(settings, args.out, args.device).run()
         if report is not None:

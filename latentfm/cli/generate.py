@@ -23,6 +23,7 @@ from latentfm.cli.options import (
     add_device,
     add_output_dir,
     add_sampler_arguments,
+    add_sampler_flags,
     device,
     non_negative_int,
     output_file,
@@ -46,7 +47,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise LatentFMError(f"--n {args.n}: must be at least 1")
     pipe = pipeline(args)
     settings = sampler_settings(args, pipe.sampler)
-    run = {"checkpoint": str(args.checkpoint), "seed": args.seed, "schedule": args.schedule}
+    run = {"checkpoint": str(args.checkpoint), "seed": args.seed, "sampler": settings.to_values()}
     if args.semantic:
         files = map_files(args.semantic)
         maps = torch.stack([read_map_file(file, pipe.image_shape) for file in files]).repeat_interleave(args.n, 0)
@@ -79,7 +80,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if args.latents:
         low.save(out / "latents.npz")
-    run.update(cfg=settings.cfg, guidance_interval=interval_text(settings.guidance_interval))
     if args.upsample:
         run["stages"] = stages
     save_samples(out, images, label_tensor, stats, {**run, "seconds": round(seconds, 3)}, columns)
@@ -115,9 +115,9 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
         progress=True,
     )
     seconds = time.perf_counter() - start
-    guidance = {"cfg": settings.cfg, "guidance_interval": interval_text(settings.guidance_interval)}
     run = {"checkpoint": str(args.checkpoint), "inputs": [str(image) for image, _ in pairs], "seed": args.seed}
-    save_inpainted(Path(args.out), images, masks, completions, stats, {**run, **guidance, "seconds": round(seconds, 3)})
+    run.update(sampler=settings.to_values(), seconds=round(seconds, 3))
+    save_inpainted(Path(args.out), images, masks, completions, stats, run)
     print(
         f"wrote {len(completions)} completions ({stats.nfe} NFE, {seconds:.1f}s) to {args.out}/inpainted.png "
         "and inpainted.npz"
@@ -145,6 +145,7 @@ def cmd_upsample(args: argparse.Namespace) -> None:
         "checkpoint": str(args.checkpoint),
         "input": str(args.input),
         "seed": args.seed,
+        "sampler": settings.to_values(),
         "seconds": round(seconds, 3),
     }
     save_upsampled(Path(args.out), low, images, stats, run, pipe)
@@ -157,8 +158,8 @@ def cmd_search_schedule(args: argparse.Namespace) -> None:
     from latentfm.sampling import search_schedule
 
     pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=device(args.device))
-    recipe = pipe.sampler.with_given(cfg=args.cfg, guidance_interval=args.guidance_interval)
-    cfg, interval = recipe.cfg if recipe.cfg is not None else 1.0, recipe.guidance_interval
+    recipe = sampler_settings(args, pipe.sampler)
+    cfg, interval = recipe.cfg, recipe.guidance_interval
     velocity = pipe.velocity(pipe.cycled_labels(args.n), cfg, interval, n=args.n)
     x0 = pipe.source(args.n, args.seed)
     start = time.perf_counter()
@@ -247,14 +248,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--out", type=output_file, required=True, help="JSON file to write, e.g. runs/x/schedule_nfe8.json"
     )
     search.add_argument("--n", type=positive_int, default=256, metavar="CALIBRATION", help="calibration samples")
-    search.add_argument(
-        "--cfg", type=float, help="guidance weight the schedule is tuned for (default: the checkpoint's sample section)"
-    )
-    search.add_argument(
-        "--guidance-interval",
-        metavar="LOW,HIGH",
-        help="guide only for t in [LOW, HIGH] while tuning, or all (default: the checkpoint's sample section)",
-    )
+    add_sampler_flags(search, ("cfg", "guidance_interval"))  # the guidance the schedule is tuned for
     search.add_argument(
         "--seed", type=non_negative_int, default=1000, help="seed of the calibration noise (default 1000)"
     )

@@ -5,13 +5,14 @@ sampler's flags with how they replace a checkpoint's recipe."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from latentfm.errors import LatentFMError
-from latentfm.sampling.settings import GIVEN_FIELDS
+from latentfm.sampling.settings import command_line_fields, value_of
 
 if TYPE_CHECKING:
     from latentfm.config import DataConfig
@@ -125,49 +126,53 @@ def dataset_config(spec: str, split: str | None = None, image_size: int | None =
     return data
 
 
+def add_sampler_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """A flag per command-line field of ``SamplerSettings`` (or of those ``names``), made from its declaration
+    (name, help, metavar, how its text is read); each one left out keeps the checkpoint's ``sample`` section."""
+    for item in command_line_fields():
+        if names is not None and item.name not in names:
+            continue
+        const = {"nargs": "?", "const": "default"} if item.name == "compile" else {}
+        parser.add_argument(
+            f"--{item.name.replace('_', '-')}",
+            type=_sampler_value(item.name),
+            metavar=item.metadata["metavar"],
+            help=f"{item.metadata['help']} (default: the checkpoint's sample section)",
+            **const,
+        )
+
+
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that pick a sampler and its noise, shared by ``sample`` and ``eval``: each one left out is
-    the checkpoint's ``sample`` section (then the library default: midpoint, 8 NFE, no guidance)."""
-    recipe = "default: the checkpoint's sample section"
-    parser.add_argument("--solver", help=f"euler, heun, midpoint, rk4, ab2, ab3, pc or dopri5 ({recipe})")
-    parser.add_argument(
-        "--schedule",
-        help=f"uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file ({recipe})",
-    )
-    parser.add_argument("--nfe", type=positive_int, help=f"velocity evaluations per sample ({recipe})")
-    parser.add_argument("--steps", type=positive_int, help="solver steps (instead of --nfe)")
-    parser.add_argument("--cfg", type=float, help=f"classifier-free guidance weight, 1 = none ({recipe})")
-    parser.add_argument(
-        "--guidance-interval",
-        metavar="LOW,HIGH",
-        help=f"guide only for t in [LOW, HIGH] (t = 0 is the noise), or all ({recipe})",
-    )
-    parser.add_argument(
-        "--turbo",
-        metavar="HnPmRk",
-        help="a FlowTurbo program, e.g. H1P5R3: n Heun, m pseudo-corrector and k refiner steps on the --schedule grid "
-        "(replaces --solver/--nfe/--steps; refiner steps need --refiner)",
-    )
+    """The sampler's flags (``add_sampler_flags``) plus the refiner, the seed and the batch size, shared by
+    ``sample``, ``eval``, ``inpaint`` and ``upsample``."""
+    add_sampler_flags(parser)
     parser.add_argument("--refiner", help="the velocity refiner's run or checkpoint directory (latentfm train-refiner)")
-    parser.add_argument(
-        "--compile",
-        nargs="?",
-        const="default",
-        metavar="MODE",
-        help="torch.compile each kind of sampling step as a whole (MODE: default, reduce-overhead, max-autotune)",
-    )
     parser.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the source noise (sample i uses (seed, i))"
     )
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per model call (default 256)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per model call")
+
+
+def _sampler_value(name: str) -> Callable[[str], object]:
+    """An argparse type reading the text of ``--NAME`` as ``SamplerSettings`` reads field ``name``."""
+
+    def read(text: str) -> object:
+        try:
+            return value_of(name, text)
+        except LatentFMError as error:  # argparse names the flag itself
+            flag = f"--{name.replace('_', '-')} "
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{name}: ").removeprefix(flag)) from None
+
+    read.__name__ = name  # what argparse names in "invalid NAME value"
+    return read
 
 
 def sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
     """The checkpoint's sampler (``recipe``) with what the command line gives replaced."""
-    given = [f"--{name}" for name in ("solver", "nfe", "steps") if getattr(args, name) is not None]
-    if args.turbo is not None and given:
+    given = [f"--{name}" for name in ("solver", "nfe", "steps") if getattr(args, name, None) is not None]
+    if getattr(args, "turbo", None) is not None and given:
         raise LatentFMError(f"--turbo {args.turbo} is a whole sampler: drop {' and '.join(given)}")
-    return recipe.with_given(**{name: getattr(args, name) for name in GIVEN_FIELDS})
+    return recipe.with_given(**{item.name: getattr(args, item.name, None) for item in command_line_fields()})
 
 
 def pipeline(args: argparse.Namespace) -> FlowPipeline:

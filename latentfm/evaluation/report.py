@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 from latentfm.atomic import write_bytes_atomic
+from latentfm.evaluation.settings import report_sampler
+from latentfm.sampling import interval_text
 
 
 def _cpu_name() -> str:
@@ -31,14 +33,17 @@ def machine_description(device: torch.device) -> str:
 def markdown_report(report: dict[str, Any]) -> str:
     """A one-page Markdown summary of an evaluation report."""
     s, m = report["settings"], report["metrics"]
+    sampler = report_sampler(s)
     accuracy = "n/a" if m["accuracy"] is None else f"{100 * m['accuracy']:.2f}%"
-    interval = s.get("guidance_interval") or "all"
-    guidance = f"guidance {s['cfg']}" + ("" if interval == "all" else f" for t in [{interval}]")
+    interval = sampler.get("guidance_interval") or "all"
+    interval = interval if isinstance(interval, str) else interval_text(tuple(interval))
+    guidance = f"guidance {sampler['cfg']}" + ("" if interval == "all" else f" for t in [{interval}]")
+    method = f"turbo {sampler['turbo']}" if sampler.get("turbo") else f"solver {sampler['solver']}"
     lines = [
         f"# Evaluation of {s['checkpoint']}",
         "",
-        f"{s['n']} samples, solver {s['solver']}, schedule {s['schedule']}, {report['nfe']} NFE, {guidance}, "
-        f"seed {s['seed']}; reference {s['reference']} ({report['protocol']['reference_count']} images).",
+        f"{s['n']} samples, {method}, schedule {_schedule_words(sampler['schedule'])}, {report['nfe']} NFE, "
+        f"{guidance}, seed {s['seed']}; reference {s['reference']} ({report['protocol']['reference_count']} images).",
         "",
         "| FD | KID (×10³) | precision | recall | class accuracy | NFE | s / 1000 samples |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -56,6 +61,13 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += ["", "Protocol:", ""] + [f"- {key}: {value}" for key, value in report["protocol"].items()]
     lines += ["", f"Machine: {report['machine']}; {report['world_size']} rank(s).", ""]
     return "\n".join(lines)
+
+
+def _schedule_words(schedule: str | list[float] | dict[str, Any]) -> str:
+    """A schedule as the report's summary line names it: a name, a list of times, or a searched program."""
+    if isinstance(schedule, dict):
+        return f"searched ({len(schedule['rules'])} steps: {', '.join(schedule['rules'])})"
+    return schedule if isinstance(schedule, str) else ",".join(f"{t:g}" for t in schedule)
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:

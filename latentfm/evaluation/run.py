@@ -3,10 +3,9 @@ metrics, the latency and the report."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from latentfm.metrics.latency import median_seconds
 from latentfm.metrics.reference import check_protocol, load_reference
 from latentfm.pipeline import FlowPipeline
 from latentfm.progress import progress_bar
-from latentfm.sampling import ADAPTIVE_SOLVERS
 
 
 def measure_latency(pipe: FlowPipeline, settings: EvalSettings, decode: bool, warmup: int = 2) -> dict[str, Any]:
@@ -41,7 +39,7 @@ def measure_latency(pipe: FlowPipeline, settings: EvalSettings, decode: bool, wa
 
     def run() -> object:
         return pipe.latents(
-            labels, n=batch, seed=settings.seed, settings=settings.sampler(), batch_size=batch, decode=decode
+            labels, n=batch, seed=settings.seed, settings=settings.sampler, batch_size=batch, decode=decode
         )
 
     median = median_seconds(run, pipe.device, settings.latency_repeats, warmup)
@@ -65,7 +63,7 @@ class Evaluation:
         self.pipe = FlowPipeline.from_checkpoint(settings.checkpoint, device=self.dist.device)
         if settings.refiner:
             self.pipe = self.pipe.with_refiner(settings.refiner)
-        self.settings = settings = settings.filled_from(self.pipe.sampler)
+        self.settings = settings = replace(settings, sampler=settings.sampler or self.pipe.sampler)
         self.extractor = load_features(settings.features, self.dist.device)
         self.classifier = self._classifier()
         self.reference = load_reference(settings.reference)
@@ -87,17 +85,16 @@ class Evaluation:
     def _run_record(self) -> dict[str, Any]:
         """What a resumed run must share with the shards already written (settings that only change speed
         excepted)."""
-        adaptive = self.settings.solver in ADAPTIVE_SOLVERS  # its steps depend on the whole batch
-        free = () if adaptive else SPEED_SETTINGS
-        settings = {k: v for k, v in asdict(self.settings).items() if k not in free}
-        schedule = Path(self.settings.schedule)
+        free = () if self.settings.sampler.adaptive else SPEED_SETTINGS  # adaptive steps depend on the whole batch
+        settings = {k: v for k, v in self.settings.to_values().items() if k not in free}
+        sampler = {f"sampler.{k}": v for k, v in settings.pop("sampler").items()}  # a refusal names the field
         return {
             **settings,
+            **sampler,
             "checkpoint_dir": str(Path(self.settings.checkpoint).resolve()),
             "model_sha256": weights_sha256(self.pipe.model),
             "features_sha256": self.extractor.weights_sha256,
             "classifier_sha256": None if self.classifier is None else self.classifier.weights_sha256,
-            "schedule_sha256": hashlib.sha256(schedule.read_bytes()).hexdigest() if schedule.is_file() else None,
         }
 
     def _start(self) -> None:
@@ -131,7 +128,7 @@ class Evaluation:
                 indices,
                 self.settings.seed,
                 self.settings.batch_size,
-                self.settings.sampler(),
+                self.settings.sampler,
             )
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
@@ -152,7 +149,7 @@ class Evaluation:
                 labels.append(shard["labels"])
                 seconds += float(shard["seconds"])
                 nfes.append(int(shard["nfe"]))
-        if len(set(nfes)) != 1 and self.settings.solver not in ADAPTIVE_SOLVERS:
+        if len(set(nfes)) != 1 and not self.settings.sampler.adaptive:
             raise LatentFMError(f"the shards in {self.out} were sampled with different NFE {sorted(set(nfes))}")
         accuracy = class_accuracy(np.concatenate(predictions), np.concatenate(labels))
         nfe = nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes))  # adaptive: the mean over shards
@@ -196,7 +193,7 @@ class Evaluation:
                 "noise": "sample i starts from noise seeded by (seed, i)",
             },
             "reference": {"path": self.settings.reference, **self.reference.source},
-            "settings": asdict(self.settings),
+            "settings": self.settings.to_values(),
             "identity": {k: v for k, v in self.record.items() if k.endswith(("_dir", "_sha256"))},
             "machine": machine_description(self.dist.device),
             "world_size": self.dist.world_size,

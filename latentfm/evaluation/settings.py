@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
+from typing import Any
 
-from latentfm.errors import LatentFMError
-from latentfm.sampling import SamplerSettings, SearchedSchedule, interval_from_text, interval_text, schedule_from_text
-from latentfm.sampling.schedules import Schedule
-from latentfm.sampling.settings import GIVEN_FIELDS
+from latentfm.sampling import SamplerSettings
 
 KEEP_FEATURES = 10_000  # features kept per set for KID and precision/recall: a seeded random subset
 SPEED_SETTINGS = ("batch_size", "latency_batch", "latency_repeats")  # may change when an evaluation resumes
@@ -15,23 +13,20 @@ SPEED_SETTINGS = ("batch_size", "latency_batch", "latency_repeats")  # may chang
 
 @dataclass
 class EvalSettings:
-    """Everything that determines an evaluation's numbers (all of it is written into the report)."""
+    """Everything that determines an evaluation's numbers (all of it is written into the report).
+
+    ``sampler`` None samples with the checkpoint's recipe; ``refiner`` is the velocity refiner's run or checkpoint
+    (turbo programs with refiner steps).
+    """
 
     checkpoint: str
     reference: str
     features: str
+    sampler: SamplerSettings | None = None
     classifier: str | None = None  # for class accuracy when ``features`` is InceptionV3
+    refiner: str | None = None
     n: int = 50_000
     seed: int = 0
-    solver: str | None = None  # None: the checkpoint's sample section (see ``filled_from``)
-    nfe: int | None = None
-    steps: int | None = None
-    schedule: str | None = None  # a name, a list "0,0.5,1" or a search-schedule JSON file
-    cfg: float | None = None
-    guidance_interval: str | None = None  # "LOW,HIGH" or "all"
-    turbo: str | None = None  # a FlowTurbo program H{n}P{m}R{k} instead of solver and budget
-    refiner: str | None = None  # the velocity refiner's run or checkpoint (turbo programs with refiner steps)
-    compile: str | None = None  # a torch.compile mode for the sampling steps
     batch_size: int = 256
     shard_size: int = 1000
     keep_features: int = KEEP_FEATURES
@@ -41,39 +36,24 @@ class EvalSettings:
     latency_batch: int = 64
     latency_repeats: int = 5
 
-    def filled_from(self, recipe: SamplerSettings) -> EvalSettings:
-        """These settings with the sampler fields left open taken from ``recipe`` (a checkpoint's sampler), so
-        that the report states the whole sampler."""
-        sampler = recipe.with_given(**{name: getattr(self, name) for name in GIVEN_FIELDS})
-        return replace(
-            self,
-            solver=sampler.solver,
-            nfe=sampler.budget if sampler.fixed_step else None,
-            steps=sampler.steps,
-            schedule=self.schedule or _schedule_text(sampler.schedule),
-            cfg=sampler.cfg,
-            guidance_interval=interval_text(sampler.guidance_interval),
-            turbo=sampler.turbo,
-            compile=sampler.compile,
-        )
+    def to_values(self) -> dict[str, Any]:
+        """Plain values for ``report.json`` and ``run.json``: the sampler as ``SamplerSettings.to_values`` writes it.
 
-    def sampler(self) -> SamplerSettings:
-        """The sampler of these (filled) settings."""
-        schedule = schedule_from_text(self.schedule or "uniform")
-        interval = interval_from_text(self.guidance_interval or "all")
-        if self.turbo is not None:
-            return SamplerSettings(
-                schedule=schedule, cfg=self.cfg, guidance_interval=interval, turbo=self.turbo, compile=self.compile
-            )
-        return SamplerSettings(
-            self.solver, self.nfe, self.steps, schedule, self.cfg, guidance_interval=interval, compile=self.compile
-        )
+        Example:
+            >>> settings = EvalSettings("runs/r", "ref.npz", "clf.safetensors", SamplerSettings(nfe=4))
+            >>> settings.to_values()["sampler"]["nfe"]
+            4
+        """
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        return {**values, "sampler": None if self.sampler is None else self.sampler.to_values()}
 
 
-def _schedule_text(schedule: Schedule | SearchedSchedule) -> str:
-    """A schedule as ``--schedule`` writes it."""
-    if isinstance(schedule, str):
-        return schedule
-    if isinstance(schedule, SearchedSchedule):
-        raise LatentFMError("the checkpoint's sample section names a searched schedule: give --schedule FILE")
-    return ",".join(str(float(t)) for t in schedule)
+def report_sampler(settings: dict[str, Any]) -> dict[str, Any]:
+    """The sampler of a report's ``settings``: nested under ``sampler``, or (reports written before it was) the
+    settings themselves.
+
+    Example:
+        >>> report_sampler({"sampler": {"solver": "euler"}}), report_sampler({"solver": "heun", "n": 10})["solver"]
+        ({'solver': 'euler'}, 'heun')
+    """
+    return settings.get("sampler") or settings

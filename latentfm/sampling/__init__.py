@@ -11,9 +11,10 @@ from latentfm.sampling.settings import (
     DEFAULT_NFE,
     DEFAULT_SOLVER,
     SamplerSettings,
+    command_line_fields,
     interval_from_text,
     interval_text,
-    settings_from_section,
+    value_of,
 )
 from latentfm.sampling.solvers import FIXED_SOLVERS, heun_sampler, integrate, rules_nfe
 
@@ -27,6 +28,7 @@ __all__ = [
     "SampleStats",
     "SamplerSettings",
     "SearchedSchedule",
+    "command_line_fields",
     "heun_sampler",
     "integrate",
     "interval_from_text",
@@ -36,6 +38,6 @@ __all__ = [
     "sample",
     "schedule_from_text",
     "search_schedule",
-    "settings_from_section",
     "time_grid",
+    "value_of",
 ]

@@ -12,9 +12,11 @@ from latentfm.condition import Condition
 
 @torch.compiler.disable
 def count_passes(counter: GuidedVelocity | GuidedRefiner, passes: int) -> None:
-    """Add ``passes`` to ``counter.network_passes``, outside any compiled graph (a traced count would recompile
-    the graph at every call)."""
+    """Add ``passes`` to ``counter.network_passes`` and advance its progress bar by one call, outside any compiled
+    graph (a traced count would recompile the graph at every call)."""
     counter.network_passes += passes
+    if getattr(counter, "progress", None) is not None:
+        counter.progress.update(1)
 
 
 class GuidedVelocity:
@@ -29,7 +31,8 @@ class GuidedVelocity:
         interval: optional ``(t_low, t_high)``; guidance applies only for t inside it, elsewhere the
             conditional velocity is used alone (one pass).
 
-    ``network_passes`` counts model evaluations per sample: a guided call counts 2, a plain one 1.
+    ``network_passes`` counts model evaluations per sample: a guided call counts 2, a plain one 1. ``progress``
+    (a tqdm bar, or None) advances by one at every call, so a sampling bar moves with the solver's steps.
     """
 
     def __init__(
@@ -42,7 +45,7 @@ class GuidedVelocity:
     ):
         self.model, self.cond, self.cfg_scale = model, cond or Condition(), cfg_scale
         self.uncond, self.interval = uncond, interval
-        self.network_passes = 0
+        self.network_passes, self.progress = 0, None
 
     def guided_at(self, t: torch.Tensor) -> bool:
         """Whether a call at time ``t`` runs the guided (two-pass) form."""

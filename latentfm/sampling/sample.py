@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from latentfm.errors import LatentFMError
-from latentfm.sampling.program import SearchedSchedule
-from latentfm.sampling.schedules import Schedule, explicit_steps, time_grid
+from latentfm.sampling.schedules import explicit_steps, time_grid
 from latentfm.sampling.settings import ADAPTIVE_TOLERANCE, SamplerSettings
 from latentfm.sampling.solvers import Refine, Velocity, integrate, rules_nfe, solver_rules
 
@@ -109,38 +107,27 @@ def _adaptive(counted: _Counting, x0: torch.Tensor, settings: SamplerSettings):
 
 @torch.no_grad()
 def sample(
-    velocity: Velocity,
-    x0: torch.Tensor,
-    solver: str | None = None,
-    steps: int | None = None,
-    nfe: int | None = None,
-    schedule: Schedule | SearchedSchedule = "uniform",
-    settings: SamplerSettings | None = None,
-    refine: Refine | None = None,
-    **options: Any,
+    velocity: Velocity, x0: torch.Tensor, settings: SamplerSettings | None = None, refine: Refine | None = None
 ) -> tuple[torch.Tensor, SampleStats]:
     """Solve ``dx/dt = velocity(x, t)`` from ``x0`` at t=0 to t=1.
 
     Args:
         velocity: ``velocity(x, t) -> v`` with ``t`` a float tensor of shape ``[B]``.
         x0: the source sample (batch first); the state keeps its dtype.
-        solver, steps, nfe, schedule, options: as in ``SamplerSettings`` (default: midpoint at 8 NFE), or
-        settings: a whole ``SamplerSettings`` instead (its guidance fields belong to the caller's velocity).
+        settings: the sampler (default ``SamplerSettings()``: midpoint at 8 NFE); its guidance fields belong to
+            the caller's velocity.
         refine: ``refine(x, t, v) -> v'``, the velocity refiner of a turbo program's refiner steps.
 
     Returns:
         ``(x1, stats)`` with ``stats.nfe`` the exact number of velocity calls per sample.
 
     Example:
-        >>> x1, stats = sample(lambda x, t: torch.ones_like(x), torch.zeros(2, 3), solver="euler", nfe=4)
+        >>> euler4 = SamplerSettings(solver="euler", nfe=4)
+        >>> x1, stats = sample(lambda x, t: torch.ones_like(x), torch.zeros(2, 3), euler4)
         >>> x1[0].tolist(), stats.nfe
         ([1.0, 1.0, 1.0], 4)
     """
-    if settings is None:
-        given = {"solver": solver} if solver is not None else {}
-        settings = SamplerSettings(**given, steps=steps, nfe=nfe, schedule=schedule, options=options)
-    elif solver is not None or steps is not None or nfe is not None or schedule != "uniform" or options:
-        raise LatentFMError("give either settings or solver/steps/nfe/schedule/options, not both")
+    settings = settings or SamplerSettings()
     counted = _Counting(velocity)
     if settings.searched:
         return _searched(counted, x0, settings)

@@ -18,7 +18,7 @@ from latentfm.progress import progress_bar
 from latentfm.sampling.program import LMS_HISTORY, SearchedSchedule
 from latentfm.sampling.sample import sample
 from latentfm.sampling.schedules import named_grid
-from latentfm.sampling.settings import DEFAULT_NFE
+from latentfm.sampling.settings import DEFAULT_NFE, SamplerSettings
 from latentfm.sampling.solvers import (
     FIXED_SOLVERS,
     Velocity,
@@ -122,7 +122,8 @@ def search_schedule(
     if not programs:
         raise LatentFMError(f"no solver spends exactly nfe={nfe}; use nfe >= 1")
     if reference is None:
-        reference, _ = sample(velocity, x0_calibration, solver="dopri5", rtol=1e-6, atol=1e-6)
+        dopri5 = SamplerSettings("dopri5", options={"rtol": 1e-6, "atol": 1e-6})
+        reference, _ = sample(velocity, x0_calibration, dopri5)
     starts = []
     with torch.no_grad():
         for name, rules in programs.items():

@@ -8,7 +8,7 @@ the lowest Fréchet distance of the 8-NFE solvers (0.80 against Euler's 0.92 and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from latentfm.errors import LatentFMError
@@ -21,13 +21,24 @@ DEFAULT_SOLVER = "midpoint"
 DEFAULT_NFE = 8
 ADAPTIVE_TOLERANCE = 1e-5
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
-# The fields a command line (and EvalSettings) may give, as ``with_given`` takes them.
-GIVEN_FIELDS = ("solver", "nfe", "steps", "schedule", "cfg", "guidance_interval", "turbo", "compile")
+
+
+def _setting(default: Any, kind: str, help: str, metavar: str | None = None, flag: bool = True) -> Any:
+    """A field of ``SamplerSettings`` with what its readers need: ``kind`` says how a value is read from YAML,
+    JSON or command-line text (``value_of``); ``help`` and ``metavar`` make its command-line flag."""
+    metadata = {"kind": kind, "help": help, "metavar": metavar, "flag": flag}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Solver, budget, schedule and guidance of a sampling run.
+    """Solver, budget, schedule and guidance of a sampling run: the one declaration of the sampler.
+
+    The config's ``sample`` section (``from_values``), the evaluation report (``to_values``) and the command-line
+    flags of ``sample``, ``eval`` and the other sampling commands (``latentfm.cli.options``) are all made from
+    these fields; a new field with its ``_setting`` appears in each of them.
 
     Attributes:
         solver: a fixed-step solver (``euler``, ``heun``, ``midpoint``, ``rk4``, ``ab2``, ``ab3``, ``pc``) or the
@@ -56,15 +67,32 @@ class SamplerSettings:
         latentfm.errors.LatentFMError: dopri5 is adaptive: give options rtol/atol, not steps, nfe or a schedule
     """
 
-    solver: str = DEFAULT_SOLVER
-    nfe: int | None = None
-    steps: int | None = None
-    schedule: Schedule | SearchedSchedule = "uniform"
-    cfg: float = 1.0
-    guidance_interval: tuple[float, float] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    turbo: str | None = None
-    compile: str | None = None
+    solver: str = _setting(DEFAULT_SOLVER, "text", f"{', '.join(FIXED_SOLVERS)} or {', '.join(ADAPTIVE_SOLVERS)}")
+    nfe: int | None = _setting(None, "count", "velocity evaluations per sample")
+    steps: int | None = _setting(None, "count", "solver steps (instead of --nfe)")
+    schedule: Schedule | SearchedSchedule = _setting(
+        "uniform", "schedule", "uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file"
+    )
+    cfg: float = _setting(1.0, "number", "classifier-free guidance weight, 1 = none")
+    guidance_interval: tuple[float, float] | None = _setting(
+        None, "interval", "guide only for t in [LOW, HIGH] (t = 0 is the noise), or all", metavar="LOW,HIGH"
+    )
+    options: dict[str, Any] = _setting(
+        {}, "mapping", "skip_last (heun) or rtol, atol (dopri5); config only", flag=False
+    )
+    turbo: str | None = _setting(
+        None,
+        "text",
+        "a FlowTurbo program, e.g. H1P5R3: n Heun, m pseudo-corrector and k refiner steps on the --schedule grid "
+        "(replaces --solver/--nfe/--steps; refiner steps need --refiner)",
+        metavar="HnPmRk",
+    )
+    compile: str | None = _setting(
+        None,
+        "text",
+        "torch.compile each kind of sampling step as a whole (MODE: default, reduce-overhead, max-autotune)",
+        metavar="MODE",
+    )
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -132,14 +160,63 @@ class SamplerSettings:
         return replace(self, **changes)
 
     def with_given(self, **values: Any) -> SamplerSettings:
-        """``with_`` of the ``values`` that are not None (command-line flags left out keep these settings); a
-        schedule or guidance interval given as text is read by ``schedule_from_text`` or ``interval_from_text``."""
-        changes = {name: value for name, value in values.items() if value is not None}
-        if isinstance(changes.get("schedule"), str):
-            changes["schedule"] = schedule_from_text(changes["schedule"])
-        if isinstance(changes.get("guidance_interval"), str):
-            changes["guidance_interval"] = interval_from_text(changes["guidance_interval"])
-        return self.with_(**changes)
+        """``with_`` of the ``values`` that are not None (command-line flags left out keep these settings), each
+        read by ``value_of`` (text as the command line gives it, or a value as YAML and JSON hold it).
+
+        Example:
+            >>> SamplerSettings(cfg=2.0).with_given(nfe="4", cfg=None, guidance_interval="0.25,1")
+            SamplerSettings(solver='midpoint', nfe=4, steps=None, schedule='uniform', cfg=2.0, \
+guidance_interval=(0.25, 1.0), options={}, turbo=None, compile=None)
+        """
+        return self.with_(**{name: value_of(name, value) for name, value in values.items() if value is not None})
+
+    @classmethod
+    def from_values(cls, values: Any, where: str = "sample") -> SamplerSettings:
+        """Settings from a mapping of field values, as a config's ``sample`` section or a report holds them
+        (unset fields keep the defaults); an unknown key or a bad value is one line naming ``where.key``.
+
+        Example:
+            >>> SamplerSettings.from_values({"solver": "euler", "nfe": 4, "guidance_interval": [0.25, 1]}).budget
+            4
+            >>> SamplerSettings.from_values({"nfe": 0})
+            Traceback (most recent call last):
+            ...
+            latentfm.errors.LatentFMError: config key sample.nfe=0: 0 must be at least 1
+        """
+        if not isinstance(values, dict):
+            raise LatentFMError(f"config key {where}: expected a mapping of sampler settings, got {values!r}")
+        names = [item.name for item in fields(cls)]
+        unknown = sorted(set(values) - set(names), key=str)
+        if unknown:
+            raise LatentFMError(f"unknown config key {where}.{unknown[0]}; valid keys here: {', '.join(names)}")
+        read = {}
+        for name, value in values.items():
+            try:
+                read[name] = None if value is None else value_of(name, value)
+            except (LatentFMError, ValueError, TypeError) as error:
+                raise LatentFMError(f"config key {where}.{name}={value!r}: {_reason(error)}") from None
+        try:
+            return cls(**{name: value for name, value in read.items() if value is not None})
+        except LatentFMError as error:
+            raise LatentFMError(f"config key {where}: {error}") from None
+
+    def to_values(self) -> dict[str, Any]:
+        """These settings as plain YAML/JSON values (a searched schedule inline), read back by ``from_values``.
+
+        Example:
+            >>> values = SamplerSettings(schedule=[0, 0.5, 1.0], cfg=2.0).to_values()
+            >>> values["schedule"], SamplerSettings.from_values(values).schedule
+            ([0.0, 0.5, 1.0], [0.0, 0.5, 1.0])
+        """
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        schedule = values["schedule"]
+        if isinstance(schedule, SearchedSchedule):
+            values["schedule"] = asdict(schedule)
+        elif not isinstance(schedule, str):
+            values["schedule"] = [float(t) for t in schedule]
+        if values["guidance_interval"] is not None:
+            values["guidance_interval"] = list(values["guidance_interval"])
+        return {**values, "options": dict(values["options"])}
 
     def _check_turbo(self) -> None:
         turbo_rules(self.turbo)
@@ -208,14 +285,69 @@ def interval_text(interval: tuple[float, float] | None) -> str:
     return f"{interval[0]:g},{interval[1]:g}"
 
 
-def settings_from_section(section: Any) -> SamplerSettings:
-    """Settings from a config ``sample`` section (its unset fields keep the library defaults; its ``nfe`` and
-    ``steps`` apply to fixed-step solvers only)."""
-    names = ("solver", "nfe", "steps", "cfg", "guidance_interval", "turbo")
-    values = {name: getattr(section, name, None) for name in names}
-    if values["solver"] in ADAPTIVE_SOLVERS or values["turbo"] is not None:
-        values.update(nfe=None, steps=None)
-    schedule = getattr(section, "schedule", None)
-    if schedule is not None:
-        values["schedule"] = schedule_from_text(schedule)
-    return SamplerSettings(**{name: value for name, value in values.items() if value is not None})
+def command_line_fields() -> list[Field]:
+    """The fields of ``SamplerSettings`` that are command-line flags (``--guidance-interval`` for
+    ``guidance_interval``), with their ``help`` and ``metavar`` in ``metadata``."""
+    return [item for item in fields(SamplerSettings) if item.metadata["flag"]]
+
+
+def value_of(name: str, value: Any) -> Any:
+    """The value of field ``name`` from command-line text or a YAML/JSON value, by the field's kind: a count
+    (``"8"`` or 8), a number, text, a schedule (``schedule_from_text``, a list of times or a searched program's
+    mapping), a guidance interval (``interval_from_text`` or two numbers) or a mapping of options.
+
+    Example:
+        >>> value_of("nfe", "8"), value_of("schedule", "0,0.5,1"), value_of("guidance_interval", [0.25, 1])
+        (8, [0.0, 0.5, 1.0], (0.25, 1.0))
+    """
+    kind = SamplerSettings.__dataclass_fields__[name].metadata["kind"]
+    if kind == "count":
+        count = _parsed(int, name, value, "a whole number") if isinstance(value, str) else value
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise LatentFMError(f"{name}: expected a whole number, got {value!r}")
+        if count < 1:
+            raise LatentFMError(f"{name}: {count} must be at least 1")
+        return count
+    if kind == "number":
+        number = _parsed(float, name, value, "a number") if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise LatentFMError(f"{name}: expected a number, got {value!r}")
+        return float(number)
+    if kind == "schedule":
+        return _schedule_of(value)
+    if kind == "interval":
+        if isinstance(value, str):
+            return interval_from_text(value)
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise LatentFMError(f"{name}: expected LOW,HIGH or a list of two numbers, got {value!r}")
+        return (float(value[0]), float(value[1]))
+    expected = dict if kind == "mapping" else str
+    if not isinstance(value, expected):
+        raise LatentFMError(f"{name}: expected {'a mapping' if kind == 'mapping' else 'text'}, got {value!r}")
+    return value
+
+
+def _parsed(read: type, name: str, text: str, what: str) -> Any:
+    try:
+        return read(text)
+    except ValueError:
+        raise LatentFMError(f"{name}: expected {what}, got {text!r}") from None
+
+
+def _schedule_of(value: Any) -> Schedule | SearchedSchedule:
+    """A schedule from text, a list of times, or a searched program's mapping (as ``to_values`` writes it)."""
+    if isinstance(value, SearchedSchedule):
+        return value
+    if isinstance(value, str):
+        return schedule_from_text(value)
+    if isinstance(value, dict):
+        return SearchedSchedule(**value)
+    if isinstance(value, (list, tuple)) and all(isinstance(t, (int, float)) for t in value):
+        return [float(t) for t in value]
+    raise LatentFMError(f"schedule: expected a name, a list of times or a searched program, got {value!r}")
+
+
+def _reason(error: Exception) -> str:
+    """What an error says, without the field name that the caller puts in front."""
+    text = str(error)
+    return text.partition(": ")[2] if ": " in text else text

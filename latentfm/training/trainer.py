@@ -25,7 +25,7 @@ from latentfm.flow import FlowObjective, FlowSample, build_coupling, build_path,
 from latentfm.image_io import save_grid
 from latentfm.models.build import build_model
 from latentfm.pipeline import FlowPipeline
-from latentfm.sampling import SamplerSettings, settings_from_section
+from latentfm.sampling import SamplerSettings
 from latentfm.seeding import derive_seed, generator
 from latentfm.tasks import TrainingBatch, build_task
 from latentfm.training.ema import EMA
@@ -46,7 +46,7 @@ class Trainer(TrainingLoop):
         super().__init__(config)
         train = config.train
         self.task = build_task(config.task)
-        self.sampler: SamplerSettings = settings_from_section(config.sample)
+        self.sampler: SamplerSettings = config.sample
         self.autoencoder, self.latents = self._latent_source(data)
         self.autoencoder_identity = autoencoder_identity(self.autoencoder, config.autoencoder.kind)
         self.low_latents = self._low_latent_cache()
@@ -271,18 +271,18 @@ class Trainer(TrainingLoop):
     def save_samples(self) -> Path:
         """A grid of EMA samples to ``RUN/samples/step_XXXXXXXX.png``: one row per class, or, for a task that
         takes inputs, samples for the first training images' inputs (their masks, their maps)."""
-        s = self.config.sample
+        per_class = self.config.train.sample_per_class
         classes = max(1, self.num_classes)
-        n = min(classes * s.per_class, len(self.latents))
+        n = min(classes * per_class, len(self.latents))
         preview = self._batch(0, torch.arange(n), None, range(n))  # step 0's task draws for the first images
         inputs = self.task.preview_inputs(preview)
         labels = preview.labels if self.num_classes else None
         if inputs is None:
-            labels = torch.arange(classes).repeat_interleave(s.per_class) if self.num_classes else None
-            n = classes * s.per_class
+            labels = torch.arange(classes).repeat_interleave(per_class) if self.num_classes else None
+            n = classes * per_class
         images, _ = self.pipeline().generate(
             labels, n=n, seed=self.config.train.seed, settings=self.sampler, inputs=inputs
         )
         path = self.run_dir.samples_file(self.step)
-        save_grid(images, path, columns=s.per_class)
+        save_grid(images, path, columns=per_class)
         return path

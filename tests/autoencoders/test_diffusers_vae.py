@@ -107,5 +107,6 @@ def test_flow_training_through_the_diffusers_adapter_with_its_published_norm(vae
     assert trainer.latent_shape == (4, 8, 8)
     assert trainer.latent_norm.shift == [0.1] * 4 and trainer.latent_norm.scale == [0.5] * 4
     trainer.run()
-    images, _ = FlowPipeline.from_checkpoint(tmp_path / "run").generate(torch.arange(2), nfe=2)
+    pipe = FlowPipeline.from_checkpoint(tmp_path / "run")
+    images, _ = pipe.generate(torch.arange(2), settings=pipe.sampler.with_(nfe=2))
     assert images.shape == (2, 1, 16, 16)

@@ -147,13 +147,12 @@ def test_sample_writes_one_png_per_image_and_an_adm_batch(trained_run, tmp_path)
 def test_sample_defaults_to_the_checkpoints_sample_section(trained_run, tmp_path):
     from latentfm.checkpoint import read_state, resolve_checkpoint
     from latentfm.config import config_from_dict
-    from latentfm.sampling import settings_from_section
 
-    recipe = settings_from_section(config_from_dict(read_state(resolve_checkpoint(trained_run)).config).sample)
+    recipe = config_from_dict(read_state(resolve_checkpoint(trained_run)).config).sample
     assert (recipe.solver, recipe.budget, recipe.cfg) == ("heun", 2, 2.0)  # configs/digits.yaml with TINY's nfe
     assert main(["sample", "--checkpoint", str(trained_run), "--n", "2", "--out", str(tmp_path / "a")]) == 0
     stats = json.loads((tmp_path / "a" / "stats.json").read_text())
-    assert (stats["solver"], stats["nfe"], stats["cfg"]) == (recipe.solver, recipe.budget, recipe.cfg)
+    assert (stats["solver"], stats["nfe"], stats["sampler"]["cfg"]) == (recipe.solver, recipe.budget, recipe.cfg)
     assert (
         main(
             [
@@ -175,15 +174,14 @@ def test_sample_defaults_to_the_checkpoints_sample_section(trained_run, tmp_path
         == 0
     )
     stats = json.loads((tmp_path / "b" / "stats.json").read_text())
-    assert (stats["solver"], stats["nfe"], stats["cfg"]) == ("euler", 3, 1.0)
+    assert (stats["solver"], stats["nfe"], stats["sampler"]["cfg"]) == ("euler", 3, 1.0)
 
 
 def test_guidance_interval_comes_from_the_recipe_or_the_command_line(trained_run, tmp_path, capsys):
     from latentfm.config import load_config
-    from latentfm.sampling import settings_from_section
 
     recipe = load_config("configs/digits.yaml", ["sample.guidance_interval=[0.25, 1.0]"]).sample
-    assert settings_from_section(recipe).guidance_interval == (0.25, 1.0)
+    assert recipe.guidance_interval == (0.25, 1.0)
     base = ["sample", "--checkpoint", str(trained_run), "--n", "3", "--solver", "euler", "--nfe", "4", "--cfg", "3"]
     for name, flags in [
         ("recipe", []),
@@ -194,8 +192,8 @@ def test_guidance_interval_comes_from_the_recipe_or_the_command_line(trained_run
     images = {name: np.load(tmp_path / name / "samples.npz")["images"] for name in ("recipe", "all", "late")}
     assert np.array_equal(images["recipe"], images["all"])  # configs/digits.yaml guides everywhere
     assert not np.array_equal(images["all"], images["late"])
-    assert json.loads((tmp_path / "late" / "stats.json").read_text())["guidance_interval"] == "0.5,1"
-    assert json.loads((tmp_path / "all" / "stats.json").read_text())["guidance_interval"] == "all"
+    assert json.loads((tmp_path / "late" / "stats.json").read_text())["sampler"]["guidance_interval"] == [0.5, 1.0]
+    assert json.loads((tmp_path / "all" / "stats.json").read_text())["sampler"]["guidance_interval"] == [0.0, 1.0]
     capsys.readouterr()
     for bad, message in [("0.9,0.1", "guidance_interval=(0.9, 0.1)"), ("late", "give LOW,HIGH")]:
         assert main([*base, "--guidance-interval", bad, "--out", str(tmp_path / "bad")]) == 2

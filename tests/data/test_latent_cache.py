@@ -136,7 +136,7 @@ def test_flow_training_reads_the_cache(tmp_path, encode_config, kl_run):
     torch.testing.assert_close(torch.tensor(cached.latent_norm.shift), torch.tensor(mean))
     cached.run()
     pipe = FlowPipeline.from_checkpoint(tmp_path / "a")
-    images, _ = pipe.generate(torch.arange(3), seed=0, nfe=2, cfg=1.0)
+    images, _ = pipe.generate(torch.arange(3), seed=0, settings=pipe.sampler.with_(nfe=2, cfg=1.0))
     assert images.shape == (3, 1, 8, 8) and images.abs().max() <= 1.0
 
 

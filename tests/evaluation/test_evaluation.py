@@ -96,7 +96,7 @@ def test_eval_refuses_other_settings_and_other_protocols(setup, tmp_path, capsys
     out = tmp_path / "eval"
     assert main(eval_args(setup, out, "--n", "64")) == 0
     assert main(eval_args(setup, out, "--n", "64", "--nfe", "6")) == 2
-    assert "holds an evaluation with nfe = 4, not 6" in capsys.readouterr().err
+    assert "holds an evaluation with sampler.nfe = 4, not 6" in capsys.readouterr().err
     root, _, _ = setup
     other = root / "other_clf.safetensors"
     assert (
@@ -123,13 +123,13 @@ def test_eval_refuses_other_settings_and_other_protocols(setup, tmp_path, capsys
 
 def test_eval_takes_the_sampler_flags_left_out_from_the_checkpoint(setup, tmp_path):
     assert main(eval_args(setup, tmp_path / "e", "--n", "64")) == 0
-    settings = json.loads((tmp_path / "e" / "report.json").read_text())["settings"]
+    sampler = json.loads((tmp_path / "e" / "report.json").read_text())["settings"]["sampler"]
     # configs/digits.yaml samples with heun; the command line gave --nfe 4 and --cfg 2
-    assert (settings["solver"], settings["nfe"], settings["cfg"], settings["schedule"]) == ("heun", 4, 2.0, "uniform")
-    assert settings["guidance_interval"] == "all"
+    assert (sampler["solver"], sampler["nfe"], sampler["cfg"], sampler["schedule"]) == ("heun", 4, 2.0, "uniform")
+    assert sampler["guidance_interval"] is None  # configs/digits.yaml guides everywhere
     assert main(eval_args(setup, tmp_path / "f", "--n", "64", "--guidance-interval", "0.5,1")) == 0
     report = json.loads((tmp_path / "f" / "report.json").read_text())
-    assert report["settings"]["guidance_interval"] == "0.5,1"
+    assert report["settings"]["sampler"]["guidance_interval"] == [0.5, 1.0]
     assert report["metrics"] != json.loads((tmp_path / "e" / "report.json").read_text())["metrics"]
     assert "guidance 2.0 for t in [0.5,1]" in (tmp_path / "f" / "report.md").read_text()
 

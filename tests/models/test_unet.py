@@ -135,7 +135,8 @@ def test_unet_trains_resumes_and_samples(tmp_path) -> None:
     Trainer(config).run()
     pipe = FlowPipeline.from_checkpoint(tmp_path / "run")
     assert isinstance(pipe.model, UNet) and pipe.latent_norm.scale == [1.0]
-    images, stats = pipe.generate(torch.tensor([0, 9]), seed=0, solver="euler", nfe=2, cfg=2.0)
+    euler = pipe.sampler.with_(solver="euler", nfe=2, cfg=2.0)
+    images, stats = pipe.generate(torch.tensor([0, 9]), seed=0, settings=euler)
     assert images.shape == (2, 1, 8, 8) and stats.nfe == 2 and images.abs().sum() > 0
 
 

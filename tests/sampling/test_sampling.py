@@ -32,34 +32,34 @@ ORDERS = [("euler", 1), ("heun", 2), ("midpoint", 2), ("rk4", 4), ("ab2", 2), ("
 @pytest.mark.parametrize("field,exact", [(rotation, exact_rotation), (time_dependent, lambda x: x * math.e)])
 def test_convergence_order(solver, order, field, exact):
     x0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=torch.float64)
-    errors = [(sample(field, x0, solver=solver, steps=n)[0] - exact(x0)).abs().max().item() for n in (32, 64)]
+    errors = [(sample(field, x0, SamplerSettings(solver, steps=n))[0] - exact(x0)).abs().max().item() for n in (32, 64)]
     measured = math.log2(errors[0] / errors[1])
     assert abs(measured - order) < 0.25, (errors, measured)
 
 
 def test_exact_nfe_and_budget():
     x0 = torch.zeros(3, 2)
-    _, stats = sample(rotation, x0, solver="heun", nfe=8)
+    _, stats = sample(rotation, x0, SamplerSettings("heun", nfe=8))
     assert (stats.nfe, stats.steps) == (8, 4)
-    _, stats = sample(rotation, x0, solver="heun", nfe=9)
+    _, stats = sample(rotation, x0, SamplerSettings("heun", nfe=9))
     assert (stats.nfe, stats.steps) == (8, 4) and "nfe budget 9" in stats.note
-    _, stats = sample(rotation, x0, solver="euler", steps=5)
+    _, stats = sample(rotation, x0, SamplerSettings("euler", steps=5))
     assert stats.nfe == 5 and len(stats.times) == 6
 
 
 def test_budget_errors():
     x0 = torch.zeros(1, 2)
     with pytest.raises(LatentFMError, match="at least 2 NFE"):
-        sample(rotation, x0, solver="heun", nfe=1)
+        sample(rotation, x0, SamplerSettings("heun", nfe=1))
     with pytest.raises(LatentFMError, match="not both"):
-        sample(rotation, x0, steps=2, nfe=4)
+        sample(rotation, x0, SamplerSettings(steps=2, nfe=4))
     with pytest.raises(LatentFMError, match="unknown"):
-        sample(rotation, x0, solver="leapfrog", steps=2)
+        sample(rotation, x0, SamplerSettings("leapfrog", steps=2))
 
 
 def test_state_keeps_dtype_and_explicit_schedule():
     x0 = torch.ones(2, 2, dtype=torch.float16)
-    x1, stats = sample(lambda x, t: torch.ones_like(x), x0, solver="euler", schedule=[0.0, 0.1, 0.5, 1.0])
+    x1, stats = sample(lambda x, t: torch.ones_like(x), x0, SamplerSettings("euler", schedule=[0.0, 0.1, 0.5, 1.0]))
     assert x1.dtype == torch.float16 and stats.steps == 3 and stats.times == [0.0, 0.1, 0.5, 1.0]
     torch.testing.assert_close(x1, torch.full((2, 2), 2.0, dtype=torch.float16))
 
@@ -106,7 +106,7 @@ def test_guidance_scale_one_and_interval_use_one_pass():
     limited(torch.zeros(1, 3), torch.tensor([0.2]))
     limited(torch.zeros(1, 3), torch.tensor([0.7]))
     assert limited.network_passes == 3 and model.batch_sizes[-2:] == [1, 2]
-    _, stats = sample(limited, torch.zeros(1, 3), solver="euler", steps=4)
+    _, stats = sample(limited, torch.zeros(1, 3), SamplerSettings("euler", steps=4))
     assert stats.nfe == 4  # a guided call counts once
 
 
@@ -135,14 +135,21 @@ def test_sampler_settings_with_replaces_the_budget_and_sample_takes_settings():
     assert recipe.with_(schedule=[0.0, 0.3, 1.0]).nfe is None
     assert recipe.with_(cfg=1.0).nfe == 8
     x_settings, stats = sample(lambda x, t: torch.ones_like(x), torch.zeros(2, 1), settings=recipe.with_(nfe=4))
-    x_keywords, _ = sample(lambda x, t: torch.ones_like(x), torch.zeros(2, 1), solver="euler", nfe=4)
-    assert torch.equal(x_settings, x_keywords) and stats.nfe == 4
-    with pytest.raises(LatentFMError, match="not both"):
-        sample(lambda x, t: x, torch.zeros(1, 1), solver="euler", settings=recipe)
+    x_positional, _ = sample(lambda x, t: torch.ones_like(x), torch.zeros(2, 1), SamplerSettings("euler", nfe=4))
+    assert torch.equal(x_settings, x_positional) and stats.nfe == 4
+
+
+def test_sample_without_settings_is_the_default_sampler():
+    velocity = lambda x, t: -x * t[:, None]  # noqa: E731
+    x0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_default, default_stats = sample(velocity, x0)  # no settings: the library default, midpoint at 8 NFE
+    x_explicit, explicit_stats = sample(velocity, x0, SamplerSettings())
+    assert torch.equal(x_default, x_explicit) and default_stats == explicit_stats
+    assert (default_stats.solver, default_stats.nfe) == ("midpoint", 8)
 
 
 def test_heun_sampler_is_the_heun_solver():
     velocity = lambda x, t: -x * t[:, None]  # noqa: E731
     x0 = torch.randn(3, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    expected, _ = sample(velocity, x0, solver="heun", steps=5)
+    expected, _ = sample(velocity, x0, SamplerSettings("heun", steps=5))
     assert torch.allclose(heun_sampler(velocity, x0, steps=5), expected, rtol=0, atol=1e-15)

@@ -6,17 +6,20 @@ import torch
 
 from latentfm.errors import LatentFMError
 from latentfm.flow.gaussian_mixture import GaussianMixtureFlow
-from latentfm.sampling import SearchedSchedule, load_schedule, sample, search_schedule, time_grid
+from latentfm.sampling import SamplerSettings, SearchedSchedule, load_schedule, sample, search_schedule, time_grid
 from latentfm.sampling.search import candidate_programs
 from latentfm.sampling.solvers import adams_bashforth_weights, rules_nfe, solver_rules
 
 from .test_sampling import exact_rotation, rotation
 
+DOPRI5_TIGHT = SamplerSettings("dopri5", options={"rtol": 1e-9, "atol": 1e-9})
+DOPRI5_1E8 = SamplerSettings("dopri5", options={"rtol": 1e-8, "atol": 1e-8})
+
 
 def test_dopri5_is_accurate_and_counts_its_calls():
     x0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=torch.float64)
     calls = []
-    x1, stats = sample(lambda x, t: calls.append(1) or rotation(x, t), x0, solver="dopri5", rtol=1e-9, atol=1e-9)
+    x1, stats = sample(lambda x, t: calls.append(1) or rotation(x, t), x0, DOPRI5_TIGHT)
     assert (x1 - exact_rotation(x0)).abs().max() < 1e-7
     assert stats.nfe == len(calls) > 6 and "rtol=1e-09" in stats.note
 
@@ -33,7 +36,7 @@ def test_dopri5_is_accurate_and_counts_its_calls():
     ],
 )
 def test_budgets_pick_the_most_steps_that_fit(solver, skip_last, budget, steps, spent):
-    _, stats = sample(rotation, torch.zeros(1, 2), solver=solver, nfe=budget, skip_last=skip_last)
+    _, stats = sample(rotation, torch.zeros(1, 2), SamplerSettings(solver, budget, options={"skip_last": skip_last}))
     assert (stats.steps, stats.nfe) == (steps, spent)
     assert (stats.note == "") == (spent == budget)
 
@@ -47,11 +50,11 @@ def test_rule_accounting():
     assert adams_bashforth_weights([0.3, 0.1], 0.6) == pytest.approx([1.75, -0.75])
     assert adams_bashforth_weights([3.0, 2.0, 1.0], 4.0) == pytest.approx([23 / 12, -16 / 12, 5 / 12])
     with pytest.raises(LatentFMError, match="'skip_first' does not apply"):
-        sample(rotation, torch.zeros(1, 2), solver="heun", steps=2, skip_first=True)
+        sample(rotation, torch.zeros(1, 2), SamplerSettings("heun", steps=2, options={"skip_first": True}))
     with pytest.raises(LatentFMError, match="heun only"):
-        sample(rotation, torch.zeros(1, 2), solver="pc", steps=2, skip_last=True)
+        sample(rotation, torch.zeros(1, 2), SamplerSettings("pc", steps=2, options={"skip_last": True}))
     with pytest.raises(LatentFMError, match="adaptive"):
-        sample(rotation, torch.zeros(1, 2), solver="dopri5", nfe=3)
+        sample(rotation, torch.zeros(1, 2), SamplerSettings("dopri5", nfe=3))
     for bad in ("shift:nan", "edm:inf"):
         with pytest.raises(LatentFMError, match="schedule"):
             time_grid(bad, 4)
@@ -95,7 +98,7 @@ def test_gaussian_mixture_flow_transports_noise_to_the_mixture():
     """A tight dopri5 solve of the closed-form field lands on the mixture's mean and covariance."""
     flow = GaussianMixtureFlow.random(dim=2, components=4, scale_range=(0.15, 0.5), seed=2)
     x0 = torch.randn(4000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    x1, _ = sample(flow, x0, solver="dopri5", rtol=1e-8, atol=1e-8)
+    x1, _ = sample(flow, x0, DOPRI5_1E8)
     data = flow.sample_data(200_000, seed=4)
     torch.testing.assert_close(x1.mean(0), data.mean(0), atol=0.05, rtol=0)
     torch.testing.assert_close(torch.cov(x1.T), torch.cov(data.T), atol=0.08, rtol=0)
@@ -107,21 +110,22 @@ def test_search_beats_uniform_grids_on_fresh_sources(tmp_path):
     schedule = search_schedule(flow, calibration, nfe=6, iterations=30)
     assert schedule.nfe == 6 and rules_nfe(schedule.rules) == 6
     fresh = torch.randn(512, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    reference, _ = sample(flow, fresh, solver="dopri5", rtol=1e-8, atol=1e-8)
+    reference, _ = sample(flow, fresh, DOPRI5_1E8)
 
     def rmse(x):
         return float((x - reference).square().mean().sqrt())
 
-    searched, stats = sample(flow, fresh, schedule=schedule)
+    searched, stats = sample(flow, fresh, SamplerSettings(schedule=schedule))
     assert stats.nfe == 6 and stats.solver == "searched"
-    uniform_best = min(rmse(sample(flow, fresh, solver=s, nfe=6)[0]) for s in ("euler", "heun", "midpoint", "rk4"))
+    uniform = [sample(flow, fresh, SamplerSettings(s, nfe=6))[0] for s in ("euler", "heun", "midpoint", "rk4")]
+    uniform_best = min(rmse(x) for x in uniform)
     assert rmse(searched) < uniform_best
     schedule.save(tmp_path / "schedule.json")
     again = load_schedule(tmp_path / "schedule.json")
     assert again == schedule
-    torch.testing.assert_close(sample(flow, fresh, schedule=again)[0], searched)
+    torch.testing.assert_close(sample(flow, fresh, SamplerSettings(schedule=again))[0], searched)
     with pytest.raises(LatentFMError, match="spends 6 NFE, not nfe=8"):
-        sample(flow, fresh, schedule=again, nfe=8)
+        sample(flow, fresh, SamplerSettings(nfe=8, schedule=again))
 
 
 def test_schedule_files_are_checked(tmp_path):
@@ -179,5 +183,5 @@ def test_learned_multistep_with_adams_bashforth_weights_is_adams_bashforth():
         coefficients.append([1.0, 0.0, *adams_bashforth_weights(nodes, times[i + 1])])
     schedule = SearchedSchedule(times, ["lms"] * 4, 4, coefficients)
     x0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
-    expected, _ = sample(rotation, x0, solver="ab2", schedule=times)
-    torch.testing.assert_close(sample(rotation, x0, schedule=schedule)[0], expected)
+    expected, _ = sample(rotation, x0, SamplerSettings("ab2", schedule=times))
+    torch.testing.assert_close(sample(rotation, x0, SamplerSettings(schedule=schedule))[0], expected)

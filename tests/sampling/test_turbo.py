@@ -88,7 +88,7 @@ def test_compiled_steps_match_eager_steps_and_fall_back_with_one_line(monkeypatc
     monkeypatch.setattr(torch, "compile", unavailable)
     monkeypatch.setattr(solvers, "_COMPILED", {})
     fallback, _ = sample(field, x0, settings=SamplerSettings(solver="heun", nfe=4, compile="default"))
-    torch.testing.assert_close(fallback, sample(field, x0, solver="heun", nfe=4)[0])
+    torch.testing.assert_close(fallback, sample(field, x0, SamplerSettings("heun", nfe=4))[0])
     assert capsys.readouterr().err.count("torch.compile is unavailable here") == 1
     with pytest.raises(LatentFMError, match="not a torch.compile mode"):
         SamplerSettings(compile="fast")
@@ -106,7 +106,7 @@ def teacher(tmp_path_factory):
 
 
 REFINER = ["refiner.hidden_size=16", "refiner.num_heads=2", "train.steps=4", "train.batch_size=32", "train.device=cpu"]
-REFINER += ["train.checkpoint_every=0", "sample.turbo=H1P1R2", "sample.per_class=1", "train.ema_decay=0.9"]
+REFINER += ["train.checkpoint_every=0", "sample.turbo=H1P1R2", "train.sample_per_class=1", "train.ema_decay=0.9"]
 
 
 @pytest.fixture(scope="module")

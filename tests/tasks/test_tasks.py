@@ -27,8 +27,8 @@ from latentfm.training.trainer import Trainer
 
 from ..conftest import TINY, TINY_AE
 
-INPAINT = [*TINY, "task.kind=inpaint", "flow.coupling=independent", "train.steps=4", "sample.per_class=1"]
-SEMANTIC = [*TINY, "task.kind=semantic", "task.map_dropout=0.2", "train.steps=4", "sample.per_class=1"]
+INPAINT = [*TINY, "task.kind=inpaint", "flow.coupling=independent", "train.steps=4", "train.sample_per_class=1"]
+SEMANTIC = [*TINY, "task.kind=semantic", "task.map_dropout=0.2", "train.steps=4", "train.sample_per_class=1"]
 UNET = ["model.arch=unet", "model.model_channels=32", "model.channel_mult=[1,2]", "model.attention_resolutions=[]"]
 
 
@@ -60,14 +60,14 @@ def test_inpainting_keeps_the_known_pixels_exactly_and_varies_inside(inpaint_run
     assert (inpaint_run / "samples" / "step_00000004.png").is_file()
     pipe = FlowPipeline.from_checkpoint(inpaint_run)
     image, mask = digit_and_box()
-    completions, stats = pipe.inpaint(image, mask, n=3, seed=1, nfe=4)
+    completions, stats = pipe.inpaint(image, mask, n=3, seed=1, settings=pipe.sampler.with_(nfe=4))
     known = mask[0] == 0
     assert completions.shape == (3, 1, 8, 8) and stats.nfe == 4
     for completion in quantise(completions):
         assert torch.equal(completion[0][known], quantise(image)[0][known])
     inside = quantise(completions)[:, 0][:, ~known]
     assert not torch.equal(inside[0], inside[1]) and not torch.equal(inside[1], inside[2])
-    again, _ = pipe.inpaint(image, mask, n=3, seed=1, nfe=4, batch_size=2)
+    again, _ = pipe.inpaint(image, mask, n=3, seed=1, settings=pipe.sampler.with_(nfe=4), batch_size=2)
     torch.testing.assert_close(again, completions)  # seeded per sample, whatever the batch size
 
 
@@ -83,7 +83,8 @@ def test_inpainting_refuses_wrong_inputs(inpaint_run):
 
 
 def test_an_inpainting_model_samples_from_nothing_with_the_everything_mask(inpaint_run):
-    images, _ = FlowPipeline.from_checkpoint(inpaint_run).generate(torch.tensor([1, 2]), nfe=2)
+    pipe = FlowPipeline.from_checkpoint(inpaint_run)
+    images, _ = pipe.generate(torch.tensor([1, 2]), settings=pipe.sampler.with_(nfe=2))
     assert images.shape == (2, 1, 8, 8)
     never = InpaintTask(MaskSettings(everything_probability=0.0))
     with pytest.raises(LatentFMError, match="never trained without an image"):
@@ -133,7 +134,7 @@ def test_latent_space_unet_tasks_train_and_sample(task, kl_run, tmp_path):
     image, mask = digit_and_box()
     if task == "inpaint":
         assert trainer.model.concat_channels == 3  # the mask and the masked image's 2 latent channels
-        images, _ = pipe.inpaint(image, mask, n=2, nfe=2)
+        images, _ = pipe.inpaint(image, mask, n=2, settings=pipe.sampler.with_(nfe=2))
     else:
         assert trainer.model.concat_encoder is not None  # one-hot 8x8 maps to 4x4 latent features
         images, _ = pipe.generate(None, n=2, semantic=intensity_maps(image[None], [32, 128]).repeat(2, 1, 1, 1))
@@ -154,8 +155,9 @@ def test_semantic_rescaler_is_trained_and_saved_with_the_model(semantic_run):
     pipe = FlowPipeline.from_checkpoint(semantic_run)
     image = load_dataset("digits", split="test").batch(torch.arange(2))[0]
     maps = intensity_maps(image, [32, 128])
-    images, _ = pipe.generate(torch.tensor([0, 1]), semantic=maps, nfe=2)
-    unmapped, _ = pipe.generate(torch.tensor([0, 1]), nfe=2)  # the empty map, learned with map dropout
+    images, _ = pipe.generate(torch.tensor([0, 1]), semantic=maps, settings=pipe.sampler.with_(nfe=2))
+    # the empty map, learned with map dropout
+    unmapped, _ = pipe.generate(torch.tensor([0, 1]), settings=pipe.sampler.with_(nfe=2))
     assert images.shape == unmapped.shape == (2, 1, 8, 8) and not torch.equal(images, unmapped)
     with pytest.raises(LatentFMError, match="holds class id 5"):
         pipe.generate(None, n=1, semantic=torch.full((1, 8, 8), 5))
@@ -308,7 +310,7 @@ def test_inpainting_without_labels_on_an_unlabelled_rgb_folder(tmp_path, capsys)
     pipe = FlowPipeline.from_checkpoint(tmp_path / "r")
     assert pipe.num_classes == 0 and pipe.image_shape == (3, 8, 8)
     image = load_dataset("folder", str(root / "images"), image_size=8).batch(torch.tensor([0]))[0][0]
-    completions, _ = pipe.inpaint(image, digit_and_box()[1], n=2, nfe=2)
+    completions, _ = pipe.inpaint(image, digit_and_box()[1], n=2, settings=pipe.sampler.with_(nfe=2))
     assert completions.shape == (2, 3, 8, 8)
     write_png(tmp_path / "i.png", quantise(image).permute(1, 2, 0))
     write_png(tmp_path / "m.png", digit_and_box()[1][0] * 255)

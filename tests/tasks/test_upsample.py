@@ -22,7 +22,8 @@ from latentfm.training.trainer import Trainer
 
 from ..conftest import TINY
 
-UPSAMPLE = [*TINY, "task.kind=upsample", "train.steps=4", "sample.per_class=1", "sample.solver=euler", "sample.nfe=2"]
+UPSAMPLE = [*TINY, "task.kind=upsample", "train.steps=4", "train.sample_per_class=1"]
+UPSAMPLE += ["sample.solver=euler", "sample.nfe=2"]
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def test_run_writes_log_samples_and_a_loadable_checkpoint(tiny_config, tmp_path)
         and len(state.latent_norm["scale"]) == 1
     )
     pipe = FlowPipeline.from_checkpoint(tmp_path / "run")
-    images, stats = pipe.generate(torch.tensor([0, 1, 2]), seed=3, nfe=4, solver="euler")
+    images, stats = pipe.generate(torch.tensor([0, 1, 2]), seed=3, settings=pipe.sampler.with_(nfe=4, solver="euler"))
     assert images.shape == (3, 1, 8, 8) and stats.nfe == 4
     assert images.min() >= -1 and images.max() <= 1
 
@@ -103,9 +103,8 @@ def test_two_process_ddp_matches_one_process(task, tmp_path):
 def test_an_adaptive_sampler_in_the_sample_section_draws_training_grids(tmp_path):
     """0.1 accepted ``sample.solver: dopri5`` and then failed at the first grid."""
     run = tmp_path / "run"
-    config = load_config(
-        None, [*TINY, "sample.solver=dopri5", "train.steps=2", "train.sample_every=2", f"train.out_dir={run}"]
-    )
+    adaptive = ["sample.solver=dopri5", "sample.nfe=null"]  # dopri5 takes no budget; TINY gives sample.nfe=2
+    config = load_config(None, [*TINY, *adaptive, "train.steps=2", "train.sample_every=2", f"train.out_dir={run}"])
     Trainer(config).run()
     assert (run / "samples" / "step_00000002.png").is_file()
     assert FlowPipeline.from_checkpoint(run).sampler.adaptive
