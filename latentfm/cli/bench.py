@@ -17,6 +17,7 @@ from latentfm.cli.options import (
     non_negative_int,
     pipeline,
     positive_int,
+    sampler_settings,
 )
 from latentfm.errors import LatentFMError
 
@@ -25,17 +26,19 @@ def cmd_bench_solvers(args: argparse.Namespace) -> None:
     """Endpoint RMSE and wall time against NFE for every solver and schedule: on an analytic Gaussian
     mixture, and on a checkpoint when one is given. Writes OUT/solvers.json, OUT/solvers.md and a plot per part."""
     from latentfm.bench.solvers import checkpoint_bench, mixture_bench, write_solver_report
+    from latentfm.sampling import SamplerSettings
 
     nfes, search_nfes = int_list(args.nfe, "--nfe"), int_list(args.search_nfe, "--search-nfe")
     if not args.mixture and not args.checkpoint:
         raise LatentFMError("nothing to benchmark: give --checkpoint or leave out --no-mixture")
+    cfg = None if args.cfg is None else sampler_settings(args, SamplerSettings()).cfg  # None: the recipe's
     on = device(args.device)
     report = {}
     if args.mixture:
         report["mixture"] = mixture_bench(nfes, search_nfes, args.seed, args.iterations, device=on)
     if args.checkpoint:
         report["checkpoint"] = checkpoint_bench(
-            args.checkpoint, on, nfes, search_nfes, args.n, args.cfg, args.seed, args.iterations
+            args.checkpoint, on, nfes, search_nfes, args.n, cfg, args.seed, args.iterations
         )
     print(write_solver_report(Path(args.out), report))
 
@@ -57,8 +60,7 @@ def cmd_bench_turbo(args: argparse.Namespace) -> None:
     if not args.refiner and any(s.turbo and rules_refiner_calls(s.rules) for s in programs):
         raise LatentFMError("turbo programs with refiner steps need --refiner RUN (latentfm train-refiner)")
     pipe = pipeline(args)
-    guidance = pipe.sampler.with_given(cfg=args.cfg, guidance_interval=args.guidance_interval)
-    pipe = replace(pipe, sampler=guidance)
+    pipe = replace(pipe, sampler=sampler_settings(args, pipe.sampler))
     evaluation = TrainingEvaluation(args.features, args.reference, pipe.image_shape, pipe.device)
     modes = (None, args.compile) if args.compile else (None,)
     rows = turbo_bench(pipe, evaluation, samplers, args.n, args.seed, modes)

@@ -5,14 +5,13 @@ sampler's flags with how they replace a checkpoint's recipe."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from latentfm.errors import LatentFMError
-from latentfm.sampling.settings import command_line_fields, value_of
+from latentfm.sampling.settings import command_line_fields
 
 if TYPE_CHECKING:
     from latentfm.config import DataConfig
@@ -128,18 +127,23 @@ def dataset_config(spec: str, split: str | None = None, image_size: int | None =
 
 def add_sampler_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
     """A flag per command-line field of ``SamplerSettings`` (or of those ``names``), made from its declaration
-    (name, help, metavar, how its text is read); each one left out keeps the checkpoint's ``sample`` section."""
+    (name, help, metavar); each one left out keeps the checkpoint's ``sample`` section. The text is read once,
+    by ``sampler_settings``."""
     for item in command_line_fields():
         if names is not None and item.name not in names:
             continue
         const = {"nargs": "?", "const": "default"} if item.name == "compile" else {}
         parser.add_argument(
-            f"--{item.name.replace('_', '-')}",
-            type=_sampler_value(item.name),
+            flag(item.name),
             metavar=item.metadata["metavar"],
             help=f"{item.metadata['help']} (default: the checkpoint's sample section)",
             **const,
         )
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a ``SamplerSettings`` field: ``--guidance-interval`` for ``guidance_interval``."""
+    return f"--{name.replace('_', '-')}"
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,26 +157,13 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per model call")
 
 
-def _sampler_value(name: str) -> Callable[[str], object]:
-    """An argparse type reading the text of ``--NAME`` as ``SamplerSettings`` reads field ``name``."""
-
-    def read(text: str) -> object:
-        try:
-            return value_of(name, text)
-        except LatentFMError as error:  # argparse names the flag itself
-            flag = f"--{name.replace('_', '-')} "
-            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{name}: ").removeprefix(flag)) from None
-
-    read.__name__ = name  # what argparse names in "invalid NAME value"
-    return read
-
-
 def sampler_settings(args: argparse.Namespace, recipe: SamplerSettings) -> SamplerSettings:
     """The checkpoint's sampler (``recipe``) with what the command line gives replaced."""
     given = [f"--{name}" for name in ("solver", "nfe", "steps") if getattr(args, name, None) is not None]
     if getattr(args, "turbo", None) is not None and given:
         raise LatentFMError(f"--turbo {args.turbo} is a whole sampler: drop {' and '.join(given)}")
-    return recipe.with_given(**{item.name: getattr(args, item.name, None) for item in command_line_fields()})
+    given = {item.name: getattr(args, item.name, None) for item in command_line_fields()}
+    return recipe.with_given(lambda name, text: f"{flag(name)} {text}", **given)
 
 
 def pipeline(args: argparse.Namespace) -> FlowPipeline:

@@ -74,4 +74,4 @@ def schedule_from_text(text: str) -> str | list[float] | SearchedSchedule:
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise LatentFMError(f"--schedule {text!r}: a list of times looks like 0,0.3,0.7,1") from None
+        raise LatentFMError("a list of times looks like 0,0.3,0.7,1") from None

@@ -8,6 +8,7 @@ the lowest Fréchet distance of the 8-NFE solvers (0.80 against Euler's 0.92 and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -159,16 +160,23 @@ class SamplerSettings:
             changes = {"options": {}, **changes}
         return replace(self, **changes)
 
-    def with_given(self, **values: Any) -> SamplerSettings:
+    def with_given(self, called: Callable[[str, Any], str] | None = None, **values: Any) -> SamplerSettings:
         """``with_`` of the ``values`` that are not None (command-line flags left out keep these settings), each
-        read by ``value_of`` (text as the command line gives it, or a value as YAML and JSON hold it).
+        read by ``value_of`` (text as the command line gives it, or a value as YAML and JSON hold it);
+        ``called(name, value)`` says how an error names a bad one (default ``name=value``).
 
         Example:
             >>> SamplerSettings(cfg=2.0).with_given(nfe="4", cfg=None, guidance_interval="0.25,1")
             SamplerSettings(solver='midpoint', nfe=4, steps=None, schedule='uniform', cfg=2.0, \
 guidance_interval=(0.25, 1.0), options={}, turbo=None, compile=None)
+            >>> SamplerSettings().with_given(lambda name, value: f"--{name} {value}", nfe="0")
+            Traceback (most recent call last):
+            ...
+            latentfm.errors.LatentFMError: --nfe 0: must be at least 1
         """
-        return self.with_(**{name: value_of(name, value) for name, value in values.items() if value is not None})
+        called = called or (lambda name, value: f"{name}={value!r}")
+        read = {name: value_of(name, value, called(name, value)) for name, value in values.items() if value is not None}
+        return self.with_(**read)
 
     @classmethod
     def from_values(cls, values: Any, where: str = "sample") -> SamplerSettings:
@@ -181,7 +189,7 @@ guidance_interval=(0.25, 1.0), options={}, turbo=None, compile=None)
             >>> SamplerSettings.from_values({"nfe": 0})
             Traceback (most recent call last):
             ...
-            latentfm.errors.LatentFMError: config key sample.nfe=0: 0 must be at least 1
+            latentfm.errors.LatentFMError: config key sample.nfe=0: must be at least 1
         """
         if not isinstance(values, dict):
             raise LatentFMError(f"config key {where}: expected a mapping of sampler settings, got {values!r}")
@@ -189,14 +197,13 @@ guidance_interval=(0.25, 1.0), options={}, turbo=None, compile=None)
         unknown = sorted(set(values) - set(names), key=str)
         if unknown:
             raise LatentFMError(f"unknown config key {where}.{unknown[0]}; valid keys here: {', '.join(names)}")
-        read = {}
-        for name, value in values.items():
-            try:
-                read[name] = None if value is None else value_of(name, value)
-            except (LatentFMError, ValueError, TypeError) as error:
-                raise LatentFMError(f"config key {where}.{name}={value!r}: {_reason(error)}") from None
+        read = {
+            name: value_of(name, value, f"config key {where}.{name}={value!r}")
+            for name, value in values.items()
+            if value is not None
+        }
         try:
-            return cls(**{name: value for name, value in read.items() if value is not None})
+            return cls(**read)
         except LatentFMError as error:
             raise LatentFMError(f"config key {where}: {error}") from None
 
@@ -269,7 +276,7 @@ def interval_from_text(text: str) -> tuple[float, float]:
     try:
         low, high = (float(value) for value in text.split(","))
     except ValueError:
-        raise LatentFMError(f"--guidance-interval {text!r}: give LOW,HIGH such as 0.25,1, or all") from None
+        raise LatentFMError("give LOW,HIGH such as 0.25,1, or all") from None
     return (low, high)
 
 
@@ -291,27 +298,39 @@ def command_line_fields() -> list[Field]:
     return [item for item in fields(SamplerSettings) if item.metadata["flag"]]
 
 
-def value_of(name: str, value: Any) -> Any:
+def value_of(name: str, value: Any, called: str | None = None) -> Any:
     """The value of field ``name`` from command-line text or a YAML/JSON value, by the field's kind: a count
     (``"8"`` or 8), a number, text, a schedule (``schedule_from_text``, a list of times or a searched program's
-    mapping), a guidance interval (``interval_from_text`` or two numbers) or a mapping of options.
+    mapping), a guidance interval (``interval_from_text`` or two numbers) or a mapping of options. A bad value is
+    one line that starts with ``called`` (default ``name=value``).
 
     Example:
         >>> value_of("nfe", "8"), value_of("schedule", "0,0.5,1"), value_of("guidance_interval", [0.25, 1])
         (8, [0.0, 0.5, 1.0], (0.25, 1.0))
+        >>> value_of("cfg", "strong", "--cfg strong")
+        Traceback (most recent call last):
+        ...
+        latentfm.errors.LatentFMError: --cfg strong: expected a number
     """
-    kind = SamplerSettings.__dataclass_fields__[name].metadata["kind"]
+    try:
+        return _read(SamplerSettings.__dataclass_fields__[name].metadata["kind"], value)
+    except (LatentFMError, ValueError, TypeError) as error:
+        raise LatentFMError(f"{called or f'{name}={value!r}'}: {error}") from None
+
+
+def _read(kind: str, value: Any) -> Any:
+    """``value`` as a field of ``kind`` holds it; raises with the reason alone."""
     if kind == "count":
-        count = _parsed(int, name, value, "a whole number") if isinstance(value, str) else value
+        count = _parsed(int, value, "a whole number") if isinstance(value, str) else value
         if isinstance(count, bool) or not isinstance(count, int):
-            raise LatentFMError(f"{name}: expected a whole number, got {value!r}")
+            raise LatentFMError("expected a whole number")
         if count < 1:
-            raise LatentFMError(f"{name}: {count} must be at least 1")
+            raise LatentFMError("must be at least 1")
         return count
     if kind == "number":
-        number = _parsed(float, name, value, "a number") if isinstance(value, str) else value
+        number = _parsed(float, value, "a number") if isinstance(value, str) else value
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise LatentFMError(f"{name}: expected a number, got {value!r}")
+            raise LatentFMError("expected a number")
         return float(number)
     if kind == "schedule":
         return _schedule_of(value)
@@ -319,19 +338,19 @@ def value_of(name: str, value: Any) -> Any:
         if isinstance(value, str):
             return interval_from_text(value)
         if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise LatentFMError(f"{name}: expected LOW,HIGH or a list of two numbers, got {value!r}")
+            raise LatentFMError("expected LOW,HIGH or a list of two numbers")
         return (float(value[0]), float(value[1]))
     expected = dict if kind == "mapping" else str
     if not isinstance(value, expected):
-        raise LatentFMError(f"{name}: expected {'a mapping' if kind == 'mapping' else 'text'}, got {value!r}")
+        raise LatentFMError(f"expected {'a mapping' if kind == 'mapping' else 'text'}")
     return value
 
 
-def _parsed(read: type, name: str, text: str, what: str) -> Any:
+def _parsed(read: type, text: str, what: str) -> Any:
     try:
         return read(text)
     except ValueError:
-        raise LatentFMError(f"{name}: expected {what}, got {text!r}") from None
+        raise LatentFMError(f"expected {what}") from None
 
 
 def _schedule_of(value: Any) -> Schedule | SearchedSchedule:
@@ -344,10 +363,4 @@ def _schedule_of(value: Any) -> Schedule | SearchedSchedule:
         return SearchedSchedule(**value)
     if isinstance(value, (list, tuple)) and all(isinstance(t, (int, float)) for t in value):
         return [float(t) for t in value]
-    raise LatentFMError(f"schedule: expected a name, a list of times or a searched program, got {value!r}")
-
-
-def _reason(error: Exception) -> str:
-    """What an error says, without the field name that the caller puts in front."""
-    text = str(error)
-    return text.partition(": ")[2] if ": " in text else text
+    raise LatentFMError("expected a name, a list of times or a searched program")

@@ -208,6 +208,19 @@ def test_sample_rejects_bad_labels(trained_run, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(trained_run), "--nfe", "1", "--out", str(tmp_path)]) == 2
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--nfe", "0"], "--nfe 0: must be at least 1"),
+        (["--cfg", "strong"], "--cfg strong: expected a number"),
+        (["--turbo", "H1P2R1", "--steps", "3"], "--turbo H1P2R1 is a whole sampler: drop --steps"),
+    ],
+)
+def test_a_bad_sampler_flag_is_one_line_and_writes_nothing(trained_run, tmp_path, capsys, flags, message):
+    assert main(["sample", "--checkpoint", str(trained_run), *flags, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"latentfm: error: {message}" and not (tmp_path / "out").exists()
+
+
 def test_info_tells_what_a_run_holds(trained_run, capsys):
     assert main(["info", str(trained_run)]) == 0
     out = capsys.readouterr().out
