@@ -10,9 +10,10 @@ cd /tmp  # python -P and this directory: PYTHONPATH alone decides which latentfm
 for who in old new; do
   out=/tmp/latentfm_regress_$who
   rm -rf "$out"
-  if [ $who = old ]; then export PYTHONPATH=$old; else unset PYTHONPATH; fi
+  if [ $who = old ]; then export PYTHONPATH=$old root=$old; else unset PYTHONPATH; root=$repo; fi
   start=$(date +%s.%N)
-  "$python" -P -m latentfm.cli train --config "$repo/configs/fashion_mnist.yaml" train.steps=300 \
+  # each commit its own recipe file: the same recipe, in the key names that commit reads
+  "$python" -P -m latentfm.cli train --config "$root/configs/fashion_mnist.yaml" train.steps=300 \
     train.sample_every=0 train.checkpoint_every=0 train.log_every=50 train.out_dir="$out" > /dev/null 2>&1
   echo "$who $(echo "$(date +%s.%N) - $start" | bc) s"
 done
