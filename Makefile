@@ -17,7 +17,7 @@ $(BIN)/python:
 		$(BIN)/pip install --quiet $(TORCH); fi
 
 $(BIN)/latentfm: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e ".[test,diffusers]"
+	$(BIN)/pip install --quiet -e ".[test,diffusers,hub,ui]"
 	touch $(BIN)/latentfm
 
 demo: $(BIN)/latentfm

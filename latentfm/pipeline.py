@@ -17,11 +17,12 @@ from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity
 from latentfm.checkpoint import load_weights, read_state, resolve_checkpoint, weights_sha256
 from latentfm.condition import Condition
-from latentfm.config import config_from_dict
+from latentfm.config import AutoencoderConfig, config_from_dict
 from latentfm.errors import LatentFMError, first_difference
 from latentfm.image_io import save_grid, to_uint8, write_samples
 from latentfm.models.build import build_model
 from latentfm.models.refiner import build_refiner
+from latentfm.pretrained import model_directory
 from latentfm.progress import progress_bar
 from latentfm.sampling import (
     GuidedRefiner,
@@ -114,6 +115,7 @@ class FlowPipeline:
         directory = resolve_checkpoint(path)
         state = read_state(directory, "flow")
         config = config_from_dict(state.config)
+        _root_autoencoder_files(config.autoencoder, directory)
         data = state.data
         task = build_task(config.task)
         condition_inputs = task.model_inputs(tuple(data.latent_shape), tuple(data.image_shape))
@@ -136,6 +138,23 @@ class FlowPipeline:
             sampler=config.sample,
             autoencoder_identity=state.autoencoder,
         )
+
+    @classmethod
+    def from_pretrained(cls, name: str | Path, device: str | torch.device = "cpu") -> FlowPipeline:
+        """Load a model by name: a built-in model (``latentfm models``), a directory written by ``latentfm export``
+        (its weights checked against its card), a run or checkpoint directory, or a Hugging Face Hub id.
+
+        Example:
+            >>> pipe = FlowPipeline.from_pretrained("fashion-mnist")
+            >>> pipe.class_names[7], pipe.sampler.solver
+            ('Sneaker', 'midpoint')
+        """
+        return cls.from_checkpoint(model_directory(name), device=device)
+
+    def to(self, device: str | torch.device) -> FlowPipeline:
+        """This pipeline on ``device`` (its model, autoencoder and refiner moved, nothing reloaded)."""
+        refiner = None if self.refiner is None else self.refiner.to(device)
+        return replace(self, model=self.model.to(device), autoencoder=self.autoencoder.to(device), refiner=refiner)
 
     def with_refiner(self, path: str | Path) -> FlowPipeline:
         """This pipeline with the velocity refiner of a ``latentfm train-refiner`` run or checkpoint (its EMA
@@ -338,6 +357,15 @@ class FlowPipeline:
     def _autocast(self) -> torch.autocast:
         enabled = self.autocast_dtype is not None
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
+
+
+def _root_autoencoder_files(autoencoder: AutoencoderConfig, directory: Path) -> None:
+    """Point the autoencoder's relative weight paths that exist inside ``directory`` (an exported model's
+    ``autoencoder/...``) at that directory, wherever the process runs."""
+    for name in ("encoder", "decoder", "checkpoint", "path"):
+        value = getattr(autoencoder, name)
+        if value and not Path(value).is_absolute() and (directory / value).exists():
+            setattr(autoencoder, name, str(directory / value))
 
 
 def recipe_sampler(path: str | Path) -> SamplerSettings:

@@ -31,11 +31,14 @@ FLOORS = {
     "flow": 3,
     "models": 3,
     "metrics": 3,
+    "pretrained": 3,  # models by name: built-ins, exported directories, the Hub
     "training": 4,
     "pipeline": 4,
     "evaluation": 5,
     "bench": 5,
     "demo": 5,
+    "export": 5,
+    "serve": 5,
     "cli": 6,
 }
 FORBIDDEN = {  # within a floor: the importing place -> places it must not import

@@ -13,6 +13,7 @@ from latentfm.cli.bench import add_commands as add_bench
 from latentfm.cli.evaluate import add_commands as add_evaluate
 from latentfm.cli.generate import add_commands as add_generate
 from latentfm.cli.info import add_commands as add_info
+from latentfm.cli.models import add_commands as add_models
 from latentfm.cli.train import add_commands as add_train
 from latentfm.errors import LatentFMError, Terminated
 from latentfm.progress import set_quiet
@@ -28,7 +29,7 @@ EXAMPLES = {
     "train-autoencoder": "latentfm train-autoencoder --config configs/fashion_mnist_autoencoder.yaml",
     "encode": "latentfm encode --config configs/fashion_mnist_latent.yaml --out runs/fashion_mnist_latents",
     "demo": "latentfm demo --out out/demo",
-    "sample": "latentfm sample --checkpoint runs/digits --labels 0,3,7 --n 16 --out out/samples",
+    "sample": "latentfm sample --model fashion-mnist --labels Sneaker,Bag --n 8 --out out/samples",
     "upsample": "latentfm upsample --checkpoint runs/fashion_mnist_upsample --input low/ --out out/up",
     "inpaint": "latentfm inpaint --checkpoint runs/fashion_mnist_inpaint --image a.png --mask m.png --out out/i",
     "search-schedule": "latentfm search-schedule --checkpoint runs/fashion_mnist --nfe 8 --out runs/schedule_nfe8.json",
@@ -41,6 +42,9 @@ EXAMPLES = {
     "bench turbo": "latentfm bench turbo --checkpoint runs/fashion_mnist --features runs/eval/clf.safetensors "
     "--reference runs/eval/train.npz --out out/bench_turbo",
     "info": "latentfm info runs/digits",
+    "export": "latentfm export runs/fashion_mnist --out models/fashion-mnist --data-license MIT",
+    "models": "latentfm models",
+    "serve": "latentfm serve --model fashion-mnist --port 7860",
 }
 
 
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"latentfm {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_family in (add_train, add_generate, add_evaluate, add_bench, add_info):
+    for add_family in (add_train, add_generate, add_evaluate, add_bench, add_info, add_models):
         add_family(commands)
     for name, command in _commands(commands):
         command.formatter_class, command.epilog = HelpFormatter, f"example:\n  {EXAMPLES[name]}"

@@ -17,6 +17,7 @@ from latentfm.cli.options import (
     add_sampler_arguments,
     dataset_config,
     device,
+    model_directory,
     non_negative_int,
     output_file,
     positive_int,
@@ -101,11 +102,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from latentfm.evaluation import EvalSettings, Evaluation
     from latentfm.pipeline import recipe_sampler
 
+    checkpoint = model_directory(args)
     settings = EvalSettings(
-        checkpoint=args.checkpoint,
+        checkpoint=checkpoint,
         reference=args.reference,
         features=args.features,
-        sampler=sampler_settings(args, recipe_sampler(args.checkpoint)),
+        sampler=sampler_settings(args, recipe_sampler(checkpoint)),
         classifier=args.classifier,
         refiner=args.refiner,
         n=args.n,

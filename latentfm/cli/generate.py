@@ -51,10 +51,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.semantic:
         files = map_files(args.semantic)
         maps = torch.stack([read_map_file(file, pipe.image_shape) for file in files]).repeat_interleave(args.n, 0)
-        label_tensor = cycled_labels(args.labels, pipe.num_classes, args.n, len(files))
+        label_tensor = cycled_labels(args.labels, pipe.num_classes, args.n, len(files), pipe.class_names)
         total, columns, run["semantic"] = len(maps), args.n, [str(file) for file in files]
     else:
-        labels = parse_labels(args.labels, pipe.num_classes)
+        labels = parse_labels(args.labels, pipe.num_classes, pipe.class_names)
         label_tensor = None if labels is None else torch.tensor(labels).repeat_interleave(args.n)
         maps, total, columns = None, args.n, args.n if labels else 16
     inputs = None if maps is None else {"map": maps}
@@ -71,7 +71,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     stages = [stage(args.checkpoint, stats, time.perf_counter() - start)]
     low, last = Latents(latents, pipe.latent_norm, pipe.autoencoder_identity or {}), pipe
     for checkpoint in args.upsample or []:
-        stage_start, last = time.perf_counter(), FlowPipeline.from_checkpoint(checkpoint, device=pipe.device)
+        stage_start, last = time.perf_counter(), FlowPipeline.from_pretrained(checkpoint, device=pipe.device)
         values, stage_stats = last.upsample(low, seed=args.seed, batch_size=args.batch_size, decode=False)
         low = Latents(values, last.latent_norm, last.autoencoder_identity or {})
         stages.append(stage(checkpoint, stage_stats, time.perf_counter() - stage_start))
@@ -102,7 +102,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise LatentFMError(f"--n {args.n}: ask for at least one completion")
     settings = sampler_settings(args, pipe.sampler)
-    labels = cycled_labels(args.labels, pipe.num_classes, args.n, len(pairs))
+    labels = cycled_labels(args.labels, pipe.num_classes, args.n, len(pairs), pipe.class_names)
     start = time.perf_counter()
     completions, stats = pipe.inpaint(
         images,
@@ -157,7 +157,7 @@ def cmd_search_schedule(args: argparse.Namespace) -> None:
     from latentfm.pipeline import FlowPipeline
     from latentfm.sampling import search_schedule
 
-    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=device(args.device))
+    pipe = FlowPipeline.from_pretrained(args.checkpoint, device=device(args.device))
     recipe = sampler_settings(args, pipe.sampler)
     cfg, interval = recipe.cfg, recipe.guidance_interval
     velocity = pipe.velocity(pipe.cycled_labels(args.n), cfg, interval, n=args.n)
@@ -180,7 +180,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """The parsers of this family."""
     sample = commands.add_parser("sample", help="generate images from a checkpoint", description=cmd_sample.__doc__)
     add_checkpoint(sample)
-    sample.add_argument("--labels", default=None, help="'all' (default), '0,3,7' or '2-5'; one grid row per label")
+    sample.add_argument(
+        "--labels", default=None, help="'all' (default), '0,3,7', '2-5' or class names ('Sneaker,Bag'); a grid row each"
+    )
     sample.add_argument(
         "--n", type=positive_int, default=8, metavar="PER_LABEL", help="samples per label or map (all, unconditional)"
     )

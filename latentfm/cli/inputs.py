@@ -3,6 +3,7 @@ inputs, semantic maps, integer lists; each refused in one line naming the flag a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,21 +16,34 @@ if TYPE_CHECKING:
     from latentfm.pipeline import Latents
 
 
-def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
-    """``"all"``, ``"0,3,7"`` or ``"2-5"`` as a list of class indices; None for unconditional sampling."""
+def parse_labels(text: str | None, num_classes: int, class_names: Sequence[str] = ()) -> list[int] | None:
+    """``"all"``, ``"0,3,7"``, ``"2-5"`` or class names (``"Sneaker,Bag"``, any case, mixed with numbers) as a
+    list of class indices; None for unconditional sampling.
+
+    >>> parse_labels("Sneaker,0,2-3", 10, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+    ...     "Sneaker", "Bag", "Ankle boot"])
+    [7, 0, 2, 3]
+    """
     if num_classes == 0:
         if text not in (None, "all"):
             raise LatentFMError("--labels: this checkpoint is unconditional; leave --labels out")
         return None
     if text in (None, "all"):
         return list(range(num_classes))
+    by_name = {name.casefold(): index for index, name in enumerate(class_names)}
     labels: list[int] = []
     for part in text.split(","):
+        if part.strip().casefold() in by_name:
+            labels.append(by_name[part.strip().casefold()])
+            continue
         low, _, high = part.partition("-")
         try:
             first, last = int(low), int(high or low)
         except ValueError:
-            raise LatentFMError(f"--labels {text!r}: use 'all', a list like 0,3,7 or a range like 2-5") from None
+            names = f", or class names ({', '.join(class_names)})" if class_names else ""
+            raise LatentFMError(
+                f"--labels {text!r}: {part!r} is not a class; use 'all', a list like 0,3,7, a range like 2-5{names}"
+            ) from None
         bad = next((label for label in (first, last) if not 0 <= label < num_classes), None)
         if bad is not None:
             raise LatentFMError(f"--labels: {bad} is not a class of this checkpoint (0..{num_classes - 1})")
@@ -39,9 +53,11 @@ def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
     return labels
 
 
-def cycled_labels(text: str | None, num_classes: int, per_input: int, inputs: int) -> torch.Tensor | None:
+def cycled_labels(
+    text: str | None, num_classes: int, per_input: int, inputs: int, class_names: Sequence[str] = ()
+) -> torch.Tensor | None:
     """``--labels`` cycled over the ``per_input`` outputs of each input; None (the null label) when not given."""
-    labels = None if text is None else parse_labels(text, num_classes)  # refuses labels an unconditional model
+    labels = None if text is None else parse_labels(text, num_classes, class_names)  # refuses an unconditional model
     if labels is None:
         return None
     return torch.tensor([labels[j % len(labels)] for j in range(per_input)]).repeat(inputs)

@@ -87,8 +87,24 @@ def add_output_dir(parser: argparse.ArgumentParser, default: str | None = None, 
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint``: a checkpoint directory, or a run directory (its newest complete checkpoint)."""
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (its newest)")
+    """``--checkpoint`` (or ``--model``): a run, checkpoint or exported model directory, a built-in model's name
+    or a Hugging Face Hub id (``latentfm.pretrained.model_directory``)."""
+    parser.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        metavar="MODEL",
+        required=True,
+        help="run directory (its newest checkpoint), checkpoint or exported model directory, built-in model name "
+        "(latentfm models) or Hugging Face Hub id",
+    )
+
+
+def model_directory(args: argparse.Namespace) -> str:
+    """The local directory ``--checkpoint``/``--model`` names (a name or Hub id resolved, a card's hash checked)."""
+    from latentfm.pretrained import model_directory as locate
+
+    return str(locate(args.checkpoint))
 
 
 def add_device(parser: argparse.ArgumentParser, note: str = "") -> None:
@@ -170,5 +186,5 @@ def pipeline(args: argparse.Namespace) -> FlowPipeline:
     """The checkpoint's pipeline on the requested device, with ``--refiner`` when given."""
     from latentfm.pipeline import FlowPipeline
 
-    pipe = FlowPipeline.from_checkpoint(args.checkpoint, device=device(args.device))
+    pipe = FlowPipeline.from_pretrained(args.checkpoint, device=device(args.device))
     return pipe.with_refiner(args.refiner) if args.refiner else pipe
