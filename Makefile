@@ -1,4 +1,4 @@
-# Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
+# Entry points: `make serve`, `make demo` and `make test`. Each creates .venv when it is missing.
 # torch==2.13.0 is installed first (TORCH may add pip options, e.g. "--index-url https://download.pytorch.org/whl/cpu"
 # for the CPU build on a machine whose pip would otherwise take PyPI's CUDA build).
 # Bring your own torch: `make demo TORCH=` skips the torch install (use VENV_FLAGS=--system-site-packages
@@ -9,7 +9,7 @@ VENV_FLAGS ?=
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo serve test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -22,6 +22,9 @@ $(BIN)/latentfm: $(BIN)/python pyproject.toml
 
 demo: $(BIN)/latentfm
 	$(BIN)/latentfm demo --out out/demo
+
+serve: $(BIN)/latentfm
+	$(BIN)/latentfm serve --model fashion-mnist --model digits
 
 test: $(BIN)/latentfm
 	$(BIN)/python -m pytest tests

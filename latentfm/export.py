@@ -67,9 +67,8 @@ def export_model(
                 "data_license": data_license,
             },
         }
-        minutes = _training_minutes(source, config)
         grid = (tmp / "samples.png").is_file()
-        card = model_card(name, pipe, state.step, config, metadata, minutes, notes, report, grid)
+        card = model_card(name, pipe, state.step, config, metadata, notes, report, grid)
         (tmp / CARD).write_text(card)
     return out
 
@@ -90,16 +89,15 @@ def model_card(
     step: int,
     config: dict[str, Any],
     metadata: dict[str, Any],
-    minutes: float | None,
     notes: str,
     report: dict[str, Any] | None,
     grid: bool = True,
 ) -> str:
     """The ``README.md`` of an exported model: front matter, what it is, how to use it, its recipe, figures."""
     parameters = sum(p.numel() for p in pipe.model.parameters())
+    data_license = metadata["latentfm"]["data_license"]
     classes = ", ".join(pipe.class_names) if pipe.class_names else f"{pipe.num_classes} (no names recorded)"
     sampler = {k: v for k, v in pipe.sampler.to_values().items() if v not in (None, {})}
-    trained = f"{step} steps" + (f", about {minutes:.0f} minutes of training steps" if minutes else "")
     lines = [
         "---",
         yaml.safe_dump(metadata, sort_keys=False).strip(),
@@ -132,7 +130,7 @@ def model_card(
         "",
         "## Training",
         "",
-        f"Trained {trained}; the EMA weights are exported. The data's licence: {metadata['latentfm']['data_license']}.",
+        f"Trained {step} steps; the EMA weights are exported. Training data licence: {data_license}.",
         "The whole config:",
         "",
         "```yaml",
@@ -184,18 +182,3 @@ def _sample_grid(pipe: FlowPipeline) -> torch.Tensor:
     labels = torch.arange(classes).repeat_interleave(GRID_PER_CLASS) if pipe.num_classes else None
     images, _ = pipe.generate(labels, n=classes * GRID_PER_CLASS, seed=0)
     return images
-
-
-def _training_minutes(checkpoint: Path, config: dict[str, Any]) -> float | None:
-    """Minutes of training steps from the run's ``metrics.jsonl`` (images per second between logged steps)."""
-    path = checkpoint.parent.parent / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    batch = (config.get("train") or {}).get("batch_size", 0)
-    seconds, previous = 0.0, 0
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if "images_per_s" in row and row["images_per_s"]:
-            seconds += (row["step"] - previous) * batch / row["images_per_s"]
-            previous = row["step"]
-    return seconds / 60 if seconds else None

@@ -20,7 +20,7 @@ def run_summary(path: Path) -> str:
     state = ckpt.read_state(newest)
     config = state.config
     task = (config.get("task") or {}).get("kind", "class")
-    sample = {key: value for key, value in (config.get("sample") or {}).items() if value is not None}
+    sample = {key: value for key, value in (config.get("sample") or {}).items() if value not in (None, {})}
     data = state.data
     names = ", ".join(data.class_names[:10]) + (", ..." if len(data.class_names) > 10 else "")
     lines = [
