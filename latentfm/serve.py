@@ -25,8 +25,6 @@ from latentfm.pipeline import FlowPipeline
 from latentfm.sampling import ADAPTIVE_SOLVERS, FIXED_SOLVERS, SamplerSettings
 
 DISPLAY = 224  # images are enlarged (nearest neighbour, by a whole factor) to about this many pixels
-TABS = ("Generate", "Inpaint", "Upsample", "Semantic")
-TASK_TAB = {"class": "Generate", "inpaint": "Inpaint", "upsample": "Upsample", "semantic": "Semantic"}
 log = logging.getLogger("latentfm.serve")
 
 
@@ -216,86 +214,112 @@ def example_image(pipe: FlowPipeline) -> np.ndarray:
 
 
 def build_page(shelf: ModelShelf) -> Any:
-    """The Gradio page of the shelf's models."""
+    """The Gradio page of the shelf's models: the model, the sampler and the seed on top; below, rebuilt whenever
+    another model is chosen, the tab of what that model can do."""
     import gradio as gr
 
     first = shelf.get(shelf.names[0])
-    solvers = [*FIXED_SOLVERS, *ADAPTIVE_SOLVERS]
     with gr.Blocks(title="latentfm") as page:
         gr.Markdown("# latentfm\nFlow-matching models: pick one, set the sampler, press the button.")
         model = gr.Dropdown(shelf.names, value=shelf.names[0], label="model", elem_id="model")
-        with gr.Accordion("sampler", open=True):
-            with gr.Row():
-                solver = gr.Dropdown(solvers, value=first.sampler.solver, label="solver", elem_id="solver")
-                nfe = gr.Number(value=first.sampler.budget or 8, label="NFE", precision=0, elem_id="nfe")
-                cfg = gr.Number(value=first.sampler.cfg, label="guidance weight", elem_id="cfg")
-                low, high = first.sampler.guidance_interval or (0.0, 1.0)
-                low = gr.Slider(0, 1, value=low, step=0.05, label="guide from t", elem_id="low")
-                high = gr.Slider(0, 1, value=high, step=0.05, label="guide until t", elem_id="high")
-                turbo = gr.Textbox(value="", label="turbo program (with a refiner)", visible=bool(shelf.refiner))
-            seed = gr.Number(value=0, label="seed", precision=0, elem_id="seed")
+        with gr.Accordion("sampler", open=True), gr.Row():
+            solver = gr.Dropdown(
+                [*FIXED_SOLVERS, *ADAPTIVE_SOLVERS],
+                value=first.sampler.solver,
+                interactive=True,
+                label="solver",
+                elem_id="solver",
+            )
+            nfe = gr.Number(value=first.sampler.budget or 8, interactive=True, label="NFE", precision=0, elem_id="nfe")
+            cfg = gr.Number(value=first.sampler.cfg, interactive=True, label="guidance weight", elem_id="cfg")
+            low, high = first.sampler.guidance_interval or (0.0, 1.0)
+            low = gr.Slider(0, 1, value=low, step=0.05, interactive=True, label="guide from t", elem_id="low")
+            high = gr.Slider(0, 1, value=high, step=0.05, interactive=True, label="guide until t", elem_id="high")
+            turbo = gr.Textbox(
+                value="", interactive=True, label="turbo program (with a refiner)", visible=bool(shelf.refiner)
+            )
+            seed = gr.Number(value=0, interactive=True, label="seed", precision=0, elem_id="seed")
         sampling = [solver, nfe, cfg, low, high, turbo]
-        tabs = {}
-        with gr.Tabs(selected=TASK_TAB[first.task.kind]) as tab_group:
-            with gr.Tab("Generate", id="Generate", visible=first.task.kind == "class") as tabs["Generate"]:
-                names = first.class_names or [str(i) for i in range(first.num_classes)]
-                classes = gr.Dropdown(names, value=names[:1], multiselect=True, label="classes", elem_id="classes")
-                count = gr.Slider(1, 64, value=8, step=1, label="images", elem_id="count")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
-                gallery = gr.Gallery(label="images", columns=8, format="png", elem_id="gallery-generate")
-                status = gr.Markdown(elem_id="status-generate")
-                inputs = [model, classes, seed, count, *sampling]
-                button.click(guarded(generate_images, shelf), inputs, [gallery, status])
-            with gr.Tab("Inpaint", id="Inpaint", visible=first.task.kind == "inpaint") as tabs["Inpaint"]:
-                editor = gr.ImageEditor(
-                    type="numpy",
-                    image_mode="RGBA",
-                    format="png",  # lossless: the kept pixels must come back exactly
-                    label="paint the part to generate",
-                    elem_id="editor",
-                    brush=gr.Brush(default_size=24, colors=["#ff0000"], color_mode="fixed"),
-                    layers=False,
-                )
-                example = gr.Button("Example image", elem_id="example")
-                inpaint_count = gr.Slider(1, 16, value=4, step=1, label="completions", elem_id="inpaint-count")
-                inpaint_button = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
-                inpaint_gallery = gr.Gallery(label="completions", columns=4, format="png", elem_id="gallery-inpaint")
-                inpaint_status = gr.Markdown(elem_id="status-inpaint")
-                example.click(lambda name: example_image(shelf.get(name)), [model], [editor])
-                inputs = [model, editor, seed, inpaint_count, *sampling]
-                inpaint_button.click(guarded(inpaint_images, shelf), inputs, [inpaint_gallery, inpaint_status])
-            with gr.Tab("Upsample", id="Upsample", visible=first.task.kind == "upsample") as tabs["Upsample"]:
-                low_image = gr.Image(type="numpy", format="png", label="low-resolution image", elem_id="low-image")
-                up_button = gr.Button("Upsample", variant="primary", elem_id="upsample")
-                up_gallery = gr.Gallery(label="up-sampled", columns=4, format="png", elem_id="gallery-upsample")
-                up_status = gr.Markdown(elem_id="status-upsample")
-                up_button.click(
-                    guarded(upsample_images, shelf), [model, low_image, seed, *sampling], [up_gallery, up_status]
-                )
-            with gr.Tab("Semantic", id="Semantic", visible=first.task.kind == "semantic") as tabs["Semantic"]:
-                map_image = gr.Image(
-                    type="numpy", image_mode="L", format="png", label="map of class ids", elem_id="map-image"
-                )
-                map_count = gr.Slider(1, 16, value=4, step=1, label="images", elem_id="map-count")
-                map_button = gr.Button("Follow the map", variant="primary", elem_id="semantic")
-                map_gallery = gr.Gallery(label="images", columns=4, format="png", elem_id="gallery-semantic")
-                map_status = gr.Markdown(elem_id="status-semantic")
-                inputs = [model, map_image, seed, map_count, *sampling]
-                map_button.click(guarded(semantic_images, shelf), inputs, [map_gallery, map_status])
 
-        def choose(name: str) -> list:
-            """The tabs and the sampler of the chosen model (its recipe's)."""
+        def recipe(name: str) -> list:
+            """The chosen model's recipe sampler in the sampler's fields."""
+            settings = shelf.get(name).sampler
+            low, high = settings.guidance_interval or (0.0, 1.0)
+            return [settings.solver, settings.budget or 8, settings.cfg, low, high]
+
+        model.change(recipe, [model], [solver, nfe, cfg, low, high])
+
+        @gr.render(inputs=[model])
+        def task_tab(name: str) -> None:
             pipe = shelf.get(name)
-            kind, recipe = pipe.task.kind, pipe.sampler
-            low, high = recipe.guidance_interval or (0.0, 1.0)
-            shown = [gr.Tab(visible=TASK_TAB[kind] == tab) for tab in TABS]
-            names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
-            sampling = [recipe.solver, recipe.budget or 8, recipe.cfg, low, high]
-            return [gr.Tabs(selected=TASK_TAB[kind]), *shown, *sampling, gr.Dropdown(choices=names, value=names[:1])]
+            with gr.Tabs(selected=pipe.task.kind):
+                TAB_BUILDERS[pipe.task.kind](gr, shelf, pipe, [model, seed], sampling)
 
-        outputs = [tab_group, *(tabs[tab] for tab in TABS), solver, nfe, cfg, low, high, classes]
-        model.change(choose, [model], outputs)
     return page
+
+
+def _generate_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
+    model, seed = common
+    with gr.Tab("Generate", id="class"):
+        names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
+        classes = gr.Dropdown(
+            names, value=names[:1], multiselect=True, interactive=True, label="classes", elem_id="classes"
+        )
+        count = gr.Slider(1, 64, value=8, step=1, interactive=True, label="images", elem_id="count")
+        button = gr.Button("Generate", variant="primary", elem_id="generate")
+        gallery = gr.Gallery(label="images", columns=8, format="png", elem_id="gallery-generate")
+        status = gr.Markdown(elem_id="status-generate")
+        button.click(guarded(generate_images, shelf), [model, classes, seed, count, *sampling], [gallery, status])
+
+
+def _inpaint_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
+    model, seed = common
+    with gr.Tab("Inpaint", id="inpaint"):
+        editor = gr.ImageEditor(
+            type="numpy",
+            image_mode="RGBA",
+            interactive=True,
+            format="png",  # lossless: the kept pixels must come back exactly
+            label="paint the part to generate",
+            elem_id="editor",
+            brush=gr.Brush(default_size=24, colors=["#ff0000"], color_mode="fixed"),
+            layers=False,
+        )
+        example = gr.Button("Example image", elem_id="example")
+        count = gr.Slider(1, 16, value=4, step=1, interactive=True, label="completions", elem_id="inpaint-count")
+        button = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
+        gallery = gr.Gallery(label="completions", columns=4, format="png", elem_id="gallery-inpaint")
+        status = gr.Markdown(elem_id="status-inpaint")
+        example.click(lambda name: example_image(shelf.get(name)), [model], [editor])
+        button.click(guarded(inpaint_images, shelf), [model, editor, seed, count, *sampling], [gallery, status])
+
+
+def _upsample_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
+    model, seed = common
+    with gr.Tab("Upsample", id="upsample"):
+        low_image = gr.Image(
+            type="numpy", format="png", interactive=True, label="low-resolution image", elem_id="low-image"
+        )
+        button = gr.Button("Upsample", variant="primary", elem_id="upsample")
+        gallery = gr.Gallery(label="up-sampled", columns=4, format="png", elem_id="gallery-upsample")
+        status = gr.Markdown(elem_id="status-upsample")
+        button.click(guarded(upsample_images, shelf), [model, low_image, seed, *sampling], [gallery, status])
+
+
+def _semantic_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
+    model, seed = common
+    with gr.Tab("Semantic", id="semantic"):
+        map_image = gr.Image(
+            type="numpy", image_mode="L", format="png", interactive=True, label="map of class ids", elem_id="map-image"
+        )
+        count = gr.Slider(1, 16, value=4, step=1, interactive=True, label="images", elem_id="map-count")
+        button = gr.Button("Follow the map", variant="primary", elem_id="semantic")
+        gallery = gr.Gallery(label="images", columns=4, format="png", elem_id="gallery-semantic")
+        status = gr.Markdown(elem_id="status-semantic")
+        button.click(guarded(semantic_images, shelf), [model, map_image, seed, count, *sampling], [gallery, status])
+
+
+TAB_BUILDERS = {"class": _generate_tab, "inpaint": _inpaint_tab, "upsample": _upsample_tab, "semantic": _semantic_tab}
 
 
 def check_port(host: str, port: int) -> None:

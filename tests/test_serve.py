@@ -138,6 +138,10 @@ def page(browser, page_url):
 
 
 def test_the_page_generates_a_class_with_the_nfe_asked_for(page):
+    assert page.get_by_role("tab", name="Generate").is_visible()
+    assert not page.get_by_role("tab", name="Inpaint").is_visible()  # the class model cannot inpaint
+    page.locator("#classes input").click()
+    page.get_by_role("option", name="7", exact=True).click()
     page.locator("#nfe input").fill("6")
     page.locator("#generate").click()
     status = _status(page, "generate")
@@ -156,7 +160,9 @@ def test_the_page_shows_a_bad_value_as_a_message(page):
 def test_the_page_inpaints_a_painted_stroke_keeping_the_rest(page, runs):
     page.locator("#model input").click()
     page.get_by_role("option", name=str(runs / "inpaint")).click()
+    page.get_by_role("tab", name="Inpaint").click()
     page.wait_for_selector("#example", state="visible")
+    assert not page.get_by_role("tab", name="Generate").is_visible()
     page.locator("#inpaint").click()  # nothing uploaded yet: a message, not a traceback
     refused = _status(page, "inpaint")
     assert refused.startswith("Error: upload an image"), refused
