@@ -1,7 +1,7 @@
 """``latentfm serve``: a web page to try models (Gradio, the optional extra ``latentfm[ui]``).
 
-One page for every model given: pick a model; the tabs shown are those it can do (Generate for class and
-unconditional models, Inpaint, Upsample, Semantic for models of those tasks). Every action returns the images, the
+One page for every model given: pick a model, and the tab below is rebuilt for what it can do (Generate for class
+and unconditional models; Inpaint, Upsample or Semantic for models of those tasks). Every action returns the images, the
 exact NFE and the time, or one line saying what is wrong with the input; never a traceback. The handlers
 (``generate_images``, ``inpaint_images``, ...) are plain functions of a pipeline and the page's values, tested
 without a browser; tests/test_serve.py drives the page itself in headless Chromium.

@@ -92,6 +92,20 @@ def test_a_port_in_use_is_one_line():
             serve.check_port("127.0.0.1", port)
 
 
+def test_serve_on_a_port_in_use_exits_2(runs, capsys):
+    from latentfm.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--model", str(runs / "class"), "--port", port, "--device", "cpu"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"latentfm: error: --port {port}: 127.0.0.1:{port} is in use; give another --port"
+    )
+
+
 # The page in a real browser.
 
 
