@@ -63,7 +63,7 @@ def export_model(
                 "weights_sha256": file_sha256(tmp / WEIGHTS),
                 "summary": summary(pipe),
                 "step": state.step,
-                "source": str(source),
+                "source": str(Path(*source.parts[-3:])),  # RUN/checkpoints/step_N, without this machine's path
                 "data_license": data_license,
             },
         }
