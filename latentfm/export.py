@@ -120,6 +120,7 @@ def model_card(
         "",
         "```python",
         "from latentfm.pipeline import FlowPipeline",
+        "",
         f'pipe = FlowPipeline.from_pretrained("{name}")  # or this directory',
         "images, stats = pipe.generate(pipe.cycled_labels(10), seed=0)",
         "```",

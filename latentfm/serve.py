@@ -1,10 +1,10 @@
 """``latentfm serve``: a web page to try models (Gradio, the optional extra ``latentfm[ui]``).
 
-One page for every model given: pick a model, and the tab below is rebuilt for what it can do (Generate for class
-and unconditional models; Inpaint, Upsample or Semantic for models of those tasks). Every action returns the images, the
-exact NFE and the time, or one line saying what is wrong with the input; never a traceback. The handlers
-(``generate_images``, ``inpaint_images``, ...) are plain functions of a pipeline and the page's values, tested
-without a browser; tests/test_serve.py drives the page itself in headless Chromium.
+One page for every model given: a tab for each task those models can do (Generate for class and unconditional
+models; Inpaint, Upsample, Semantic for models of those tasks); choosing a model selects its tab. Every action
+returns the images, the exact NFE and the time, or one line saying what is wrong with the input; never a traceback.
+The handlers (``generate_images``, ``inpaint_images``, ...) are plain functions of a pipeline and the page's
+values, tested without a browser; tests/test_serve.py drives the page itself in headless Chromium.
 """
 
 from __future__ import annotations
@@ -187,13 +187,18 @@ def _whole(value: float | None, name: str, low: int, high: int) -> int:
     return int(value)
 
 
-def guarded(action: Callable[..., tuple], shelf: ModelShelf) -> Callable[..., tuple]:
-    """``action(pipe, ...)`` for the page: the chosen model's pipeline first; a problem becomes the status line
-    (a LatentFMError's own words; anything else one line, its traceback in the server's log)."""
+def guarded(action: Callable[..., tuple], shelf: ModelShelf, task: str) -> Callable[..., tuple]:
+    """``action(pipe, ...)`` of a ``task``'s tab for the page: the chosen model's pipeline first; a problem becomes
+    the status line (a LatentFMError's own words; anything else one line, its traceback in the server's log)."""
 
     def run(model: str, *values: Any) -> tuple:
         try:
-            images, status = action(shelf.get(model), *values)
+            pipe = shelf.get(model)
+            if pipe.task.kind != task:
+                raise LatentFMError(
+                    f"{model} is a {pipe.task.kind} model; this tab needs a model of the {task} task: choose one"
+                )
+            images, status = action(pipe, *values)
             return images, status
         except LatentFMError as error:
             return [], f"Error: {error}"
@@ -214,8 +219,8 @@ def example_image(pipe: FlowPipeline) -> np.ndarray:
 
 
 def build_page(shelf: ModelShelf) -> Any:
-    """The Gradio page of the shelf's models: the model, the sampler and the seed on top; below, rebuilt whenever
-    another model is chosen, the tab of what that model can do."""
+    """The Gradio page of the shelf's models: the model, the sampler and the seed on top; below, a tab for each task
+    the models can do, the chosen model's selected (Gradio cannot yet hide or rebuild tabs reliably)."""
     import gradio as gr
 
     first = shelf.get(shelf.names[0])
@@ -241,20 +246,29 @@ def build_page(shelf: ModelShelf) -> Any:
             seed = gr.Number(value=0, interactive=True, label="seed", precision=0, elem_id="seed")
         sampling = [solver, nfe, cfg, low, high, turbo]
 
-        def recipe(name: str) -> list:
-            """The chosen model's recipe sampler in the sampler's fields."""
-            settings = shelf.get(name).sampler
-            low, high = settings.guidance_interval or (0.0, 1.0)
-            return [settings.solver, settings.budget or 8, settings.cfg, low, high]
+        kinds = list(dict.fromkeys(shelf.get(name).task.kind for name in shelf.names))
+        with gr.Tabs(selected=first.task.kind) as tabs:
+            built = {kind: TAB_BUILDERS[kind](gr, shelf, first, [model, seed], sampling) for kind in kinds}
 
-        model.change(recipe, [model], [solver, nfe, cfg, low, high])
-
-        @gr.render(inputs=[model])
-        def task_tab(name: str) -> None:
+        def chosen(name: str) -> list:
+            """The chosen model's tab, its recipe sampler in the sampler's fields and its classes."""
             pipe = shelf.get(name)
-            with gr.Tabs(selected=pipe.task.kind):
-                TAB_BUILDERS[pipe.task.kind](gr, shelf, pipe, [model, seed], sampling)
+            settings = pipe.sampler
+            low, high = settings.guidance_interval or (0.0, 1.0)
+            names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
+            classes = [gr.Dropdown(choices=names, value=names[:1])] if "class" in built else []
+            return [
+                gr.Tabs(selected=pipe.task.kind),
+                settings.solver,
+                settings.budget or 8,
+                settings.cfg,
+                low,
+                high,
+                *classes,
+            ]
 
+        classes = [built["class"]] if "class" in built else []
+        model.change(chosen, [model], [tabs, solver, nfe, cfg, low, high, *classes])
     return page
 
 
@@ -269,7 +283,10 @@ def _generate_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, 
         button = gr.Button("Generate", variant="primary", elem_id="generate")
         gallery = gr.Gallery(label="images", columns=8, format="png", elem_id="gallery-generate")
         status = gr.Markdown(elem_id="status-generate")
-        button.click(guarded(generate_images, shelf), [model, classes, seed, count, *sampling], [gallery, status])
+        button.click(
+            guarded(generate_images, shelf, "class"), [model, classes, seed, count, *sampling], [gallery, status]
+        )
+    return classes
 
 
 def _inpaint_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
@@ -291,7 +308,9 @@ def _inpaint_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, s
         gallery = gr.Gallery(label="completions", columns=4, format="png", elem_id="gallery-inpaint")
         status = gr.Markdown(elem_id="status-inpaint")
         example.click(lambda name: example_image(shelf.get(name)), [model], [editor])
-        button.click(guarded(inpaint_images, shelf), [model, editor, seed, count, *sampling], [gallery, status])
+        button.click(
+            guarded(inpaint_images, shelf, "inpaint"), [model, editor, seed, count, *sampling], [gallery, status]
+        )
 
 
 def _upsample_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
@@ -303,7 +322,9 @@ def _upsample_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, 
         button = gr.Button("Upsample", variant="primary", elem_id="upsample")
         gallery = gr.Gallery(label="up-sampled", columns=4, format="png", elem_id="gallery-upsample")
         status = gr.Markdown(elem_id="status-upsample")
-        button.click(guarded(upsample_images, shelf), [model, low_image, seed, *sampling], [gallery, status])
+        button.click(
+            guarded(upsample_images, shelf, "upsample"), [model, low_image, seed, *sampling], [gallery, status]
+        )
 
 
 def _semantic_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
@@ -316,7 +337,9 @@ def _semantic_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, 
         button = gr.Button("Follow the map", variant="primary", elem_id="semantic")
         gallery = gr.Gallery(label="images", columns=4, format="png", elem_id="gallery-semantic")
         status = gr.Markdown(elem_id="status-semantic")
-        button.click(guarded(semantic_images, shelf), [model, map_image, seed, count, *sampling], [gallery, status])
+        button.click(
+            guarded(semantic_images, shelf, "semantic"), [model, map_image, seed, count, *sampling], [gallery, status]
+        )
 
 
 TAB_BUILDERS = {"class": _generate_tab, "inpaint": _inpaint_tab, "upsample": _upsample_tab, "semantic": _semantic_tab}

@@ -62,8 +62,18 @@ def test_generate_returns_images_and_the_exact_nfe(runs):
 )
 def test_bad_values_become_one_status_line(runs, values, message):
     shelf = serve.ModelShelf([str(runs / "class")], torch.device("cpu"))
-    images, status = serve.guarded(serve.generate_images, shelf)(str(runs / "class"), *values)
+    images, status = serve.guarded(serve.generate_images, shelf, "class")(str(runs / "class"), *values)
     assert images == [] and status.startswith("Error: ") and message in status and "\n" not in status
+
+
+def test_a_tab_refuses_a_model_of_another_task(runs):
+    shelf = serve.ModelShelf([str(runs / "class")], torch.device("cpu"))
+    images, status = serve.guarded(serve.inpaint_images, shelf, "inpaint")(str(runs / "class"), None, 0, 1, *SAMPLING)
+    assert (
+        images == []
+        and status
+        == f"Error: {runs / 'class'} is a class model; this tab needs a model of the inpaint task: choose one"
+    )
 
 
 def test_inpaint_keeps_the_known_pixels_and_refuses_a_missing_mask(runs):
@@ -153,7 +163,7 @@ def page(browser, page_url):
 
 def test_the_page_generates_a_class_with_the_nfe_asked_for(page):
     assert page.get_by_role("tab", name="Generate").is_visible()
-    assert not page.get_by_role("tab", name="Inpaint").is_visible()  # the class model cannot inpaint
+    assert page.get_by_role("tab", name="Inpaint").is_visible()  # one tab per task the page's models can do
     page.locator("#classes input").click()
     page.get_by_role("option", name="7", exact=True).click()
     page.locator("#nfe input").fill("6")
@@ -174,9 +184,7 @@ def test_the_page_shows_a_bad_value_as_a_message(page):
 def test_the_page_inpaints_a_painted_stroke_keeping_the_rest(page, runs):
     page.locator("#model input").click()
     page.get_by_role("option", name=str(runs / "inpaint")).click()
-    page.get_by_role("tab", name="Inpaint").click()
-    page.wait_for_selector("#example", state="visible")
-    assert not page.get_by_role("tab", name="Generate").is_visible()
+    page.wait_for_selector("#example", state="visible")  # choosing the model selects its tab
     page.locator("#inpaint").click()  # nothing uploaded yet: a message, not a traceback
     refused = _status(page, "inpaint")
     assert refused.startswith("Error: upload an image"), refused
