@@ -72,7 +72,7 @@ def generate_in_browser(url: str, chromium: str, repeats: int) -> list[dict]:
                 "([previous]) => { const t = document.querySelector('#status-generate').innerText.trim();"
                 " return /^(NFE|Error)/.test(t) && t !== previous; }",
                 arg=[previous],
-                timeout=300_000,
+                timeout=120_000,
             )
             previous = page.locator("#status-generate").inner_text().strip()
             results.append({"seconds_in_browser": round(time.perf_counter() - start, 3), "status": previous})
@@ -94,34 +94,31 @@ def main() -> None:
         install += timed([str(python), "-m", "pip", "install", "--quiet", "torch==2.13.0"], clone)
         install += timed([str(python), "-m", "pip", "install", "--quiet", "-e", ".[ui]"], clone)
         port = free_port()
-        start = time.perf_counter()
-        server = subprocess.Popen(
-            [
-                str(clone / ".venv" / "bin" / "latentfm"),
-                "--quiet",
-                "serve",
-                "--model",
-                "fashion-mnist",
-                "--port",
-                str(port),
-            ],
-            cwd=clone,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        log = open(Path(root) / "serve.log", "w")  # noqa: SIM115  (closed below, after the server)
+        command = [str(clone / ".venv" / "bin" / "latentfm"), "--quiet", "serve", "--model", "fashion-mnist"]
+        server = subprocess.Popen([*command, "--port", str(port)], cwd=clone, stdout=log, stderr=subprocess.STDOUT)
         try:
             answer = wait_for(f"http://127.0.0.1:{port}/", server)
-            generations = generate_in_browser(f"http://127.0.0.1:{port}/", args.chromium, args.repeats)
+            try:
+                generations = generate_in_browser(f"http://127.0.0.1:{port}/", args.chromium, args.repeats)
+            except Exception as error:  # keep the start-up figures; say what failed
+                generations = [{"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}]
         finally:
             server.terminate()
             server.wait(timeout=60)
+            log.close()
+        server_log = (Path(root) / "serve.log").read_text()[-2000:]
+        versions = subprocess.check_output([str(python), "-m", "pip", "freeze"], text=True)
         record = {
             "install_s": round(install, 1),
             "serve_answers_s": round(answer, 1),
             "clone_to_page_s": round(install + answer, 1),
             "generate_8_images_8_nfe": generations,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(start)),
+            "gradio": next((line for line in versions.splitlines() if line.startswith("gradio==")), None),
+            "server_log_tail": server_log,
+            "started": started,
         }
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
