@@ -51,7 +51,10 @@ def test_help(command, capsys):
         (["train", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
         (["train", "--config", "configs/digits.yaml", "train.stepz=3"], "unknown config key train.stepz"),
         (["train", "--config", "configs/digits.yaml", "data.dataset=cifar"], "cifar"),
-        (["sample", "--checkpoint", "nowhere", "--out", "x"], "nowhere is neither a checkpoint"),
+        (
+            ["sample", "--checkpoint", "nowhere", "--out", "x"],
+            "unknown model 'nowhere': built-in models are digits, fashion-mnist",
+        ),
     ],
 )
 def test_errors_are_one_line_exit_2(args, message):
