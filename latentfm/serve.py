@@ -10,6 +10,7 @@ values, tested without a browser; tests/test_serve.py drives the page itself in 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -357,6 +358,7 @@ def check_port(host: str, port: int) -> None:
 
 def serve(models: list[str], host: str, port: int, device: torch.device, refiner: str | None = None) -> None:
     """Load the first model, then serve the page on ``host:port`` until interrupted."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page never reaches out to the internet
     try:
         import gradio  # noqa: F401
     except ImportError:
