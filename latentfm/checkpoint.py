@@ -232,6 +232,15 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         remove_directory(old)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def weights_sha256(module: object) -> str:
     """A hash of a module's tensors (names, dtypes, shapes, values); the same weights give the same hash."""
     digest = hashlib.sha256()

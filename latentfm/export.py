@@ -19,11 +19,11 @@ import torch
 import yaml
 
 from latentfm.atomic import atomic_directory
-from latentfm.checkpoint import read_state, resolve_checkpoint
+from latentfm.checkpoint import file_sha256, read_state, resolve_checkpoint
 from latentfm.errors import LatentFMError
 from latentfm.image_io import save_grid
 from latentfm.pipeline import FlowPipeline
-from latentfm.pretrained import CARD, WEIGHTS, file_sha256
+from latentfm.pretrained import CARD, WEIGHTS
 
 AUTOENCODER_FILES = ("encoder", "decoder", "checkpoint", "path")  # config keys that name weights on disk
 GRID_PER_CLASS = 8

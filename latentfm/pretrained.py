@@ -8,7 +8,6 @@ An exported model directory is a checkpoint directory that holds only what gener
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from latentfm.checkpoint import file_sha256
 from latentfm.errors import LatentFMError
 
 CARD = "README.md"
@@ -68,15 +68,6 @@ def read_card(directory: Path) -> ModelCard | None:
     except yaml.YAMLError:
         raise LatentFMError(f"{path}: its front matter is not valid YAML; export the model again") from None
     return ModelCard(Path(directory), metadata if isinstance(metadata, dict) else {})
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_directory(name: str | Path) -> Path:

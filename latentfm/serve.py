@@ -273,7 +273,16 @@ def build_page(shelf: ModelShelf) -> Any:
     return page
 
 
-def _generate_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
+def _results(gr: Any, shelf: ModelShelf, task: str, button: str, action: Callable, inputs: list, columns: int) -> None:
+    """A tab's button, its gallery and status line, and the guarded ``action`` the button runs on ``inputs``."""
+    tab = "generate" if task == "class" else task
+    pressed = gr.Button(button, variant="primary", elem_id=tab)
+    gallery = gr.Gallery(label="images", columns=columns, format="png", elem_id=f"gallery-{tab}")
+    status = gr.Markdown(elem_id=f"status-{tab}")
+    pressed.click(guarded(action, shelf, task), inputs, [gallery, status])
+
+
+def _generate_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> Any:
     model, seed = common
     with gr.Tab("Generate", id="class"):
         names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
@@ -281,12 +290,7 @@ def _generate_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, 
             names, value=names[:1], multiselect=True, interactive=True, label="classes", elem_id="classes"
         )
         count = gr.Slider(1, 64, value=8, step=1, interactive=True, label="images", elem_id="count")
-        button = gr.Button("Generate", variant="primary", elem_id="generate")
-        gallery = gr.Gallery(label="images", columns=8, format="png", elem_id="gallery-generate")
-        status = gr.Markdown(elem_id="status-generate")
-        button.click(
-            guarded(generate_images, shelf, "class"), [model, classes, seed, count, *sampling], [gallery, status]
-        )
+        _results(gr, shelf, "class", "Generate", generate_images, [model, classes, seed, count, *sampling], 8)
     return classes
 
 
@@ -305,13 +309,8 @@ def _inpaint_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, s
         )
         example = gr.Button("Example image", elem_id="example")
         count = gr.Slider(1, 16, value=4, step=1, interactive=True, label="completions", elem_id="inpaint-count")
-        button = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
-        gallery = gr.Gallery(label="completions", columns=4, format="png", elem_id="gallery-inpaint")
-        status = gr.Markdown(elem_id="status-inpaint")
         example.click(lambda name: example_image(shelf.get(name)), [model], [editor])
-        button.click(
-            guarded(inpaint_images, shelf, "inpaint"), [model, editor, seed, count, *sampling], [gallery, status]
-        )
+        _results(gr, shelf, "inpaint", "Inpaint", inpaint_images, [model, editor, seed, count, *sampling], 4)
 
 
 def _upsample_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
@@ -320,12 +319,7 @@ def _upsample_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, 
         low_image = gr.Image(
             type="numpy", format="png", interactive=True, label="low-resolution image", elem_id="low-image"
         )
-        button = gr.Button("Upsample", variant="primary", elem_id="upsample")
-        gallery = gr.Gallery(label="up-sampled", columns=4, format="png", elem_id="gallery-upsample")
-        status = gr.Markdown(elem_id="status-upsample")
-        button.click(
-            guarded(upsample_images, shelf, "upsample"), [model, low_image, seed, *sampling], [gallery, status]
-        )
+        _results(gr, shelf, "upsample", "Upsample", upsample_images, [model, low_image, seed, *sampling], 4)
 
 
 def _semantic_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, sampling: list) -> None:
@@ -335,12 +329,8 @@ def _semantic_tab(gr: Any, shelf: ModelShelf, pipe: FlowPipeline, common: list, 
             type="numpy", image_mode="L", format="png", interactive=True, label="map of class ids", elem_id="map-image"
         )
         count = gr.Slider(1, 16, value=4, step=1, interactive=True, label="images", elem_id="map-count")
-        button = gr.Button("Follow the map", variant="primary", elem_id="semantic")
-        gallery = gr.Gallery(label="images", columns=4, format="png", elem_id="gallery-semantic")
-        status = gr.Markdown(elem_id="status-semantic")
-        button.click(
-            guarded(semantic_images, shelf, "semantic"), [model, map_image, seed, count, *sampling], [gallery, status]
-        )
+        inputs = [model, map_image, seed, count, *sampling]
+        _results(gr, shelf, "semantic", "Follow the map", semantic_images, inputs, 4)
 
 
 TAB_BUILDERS = {"class": _generate_tab, "inpaint": _inpaint_tab, "upsample": _upsample_tab, "semantic": _semantic_tab}

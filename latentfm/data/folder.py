@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from latentfm.atomic import write_bytes_atomic
+from latentfm.checkpoint import file_sha256
 from latentfm.data.dataset import ImageBatch, ImageDataset
 from latentfm.data.maps import read_map
 from latentfm.distributed import barrier, is_main_rank
@@ -275,8 +276,8 @@ class ImageFolder(ImageDataset):
         digest.update(f"image_size={self.image_size} channels={self.channels}".encode())
         if self.fingerprint_mode == "content":
             with ThreadPoolExecutor(SCAN_THREADS) as pool:
-                for file_digest in pool.map(_file_digest, (self.index.path(r) for r in range(len(self.index)))):
-                    digest.update(file_digest)
+                for file_digest in pool.map(file_sha256, (self.index.path(r) for r in range(len(self.index)))):
+                    digest.update(bytes.fromhex(file_digest))
         return digest.hexdigest()
 
     def read(self, indices: Sequence[int] | torch.Tensor, flips: torch.Tensor | None = None) -> ImageBatch:
@@ -361,12 +362,3 @@ def _is_grey(img: Image.Image) -> bool:
         palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
         return bool((palette == palette[:, :1]).all())
     return img.mode in GREY_MODES
-
-
-def _file_digest(path: Path) -> bytes:
-    """SHA-256 of one file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
