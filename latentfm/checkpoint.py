@@ -21,7 +21,8 @@ from latentfm.atomic import atomic_directory, remove_directory
 from latentfm.errors import LatentFMError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-MADE_BY = {"flow": "train", "autoencoder": "train-autoencoder", "refiner": "train-refiner"}
+MADE_BY = {"flow": "train", "autoencoder": "train-autoencoder", "refiner": "train-refiner", "fewstep": "train-fewstep"}
+GENERATORS = ("flow", "fewstep")  # the kinds a FlowPipeline loads: a flow model, and one tuned for few steps
 KINDS = tuple(MADE_BY)
 _KIND_OF_0_1 = {None: "flow", "kl_autoencoder": "autoencoder"}  # 0.1 wrote no kind for flow runs
 
@@ -41,8 +42,9 @@ class CheckpointState:
     """The JSON part of a checkpoint: plain numbers, strings and lists only.
 
     ``latent_norm`` (``shift``, ``scale``) and ``autoencoder`` (the weights identity the latents were made with)
-    belong to flow and refiner checkpoints; their owners build themselves from these values. A refiner
-    checkpoint names its ``teacher`` (the hash of the EMA weights it was trained against).
+    belong to flow, few-step and refiner checkpoints; their owners build themselves from these values. A refiner
+    or few-step checkpoint names its ``teacher`` (the hash of the EMA weights it was trained against, or tuned
+    from).
     """
 
     kind: str
@@ -52,7 +54,7 @@ class CheckpointState:
     version: str = ""
     latent_norm: dict[str, list[float]] | None = None
     autoencoder: dict[str, Any] | None = None
-    teacher: dict[str, Any] | None = None  # refiner checkpoints: the teacher's weights hash and checkpoint
+    teacher: dict[str, Any] | None = None  # refiner and few-step checkpoints: the teacher's weights hash and checkpoint
     param_groups: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient, up to this step
@@ -171,8 +173,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
-def read_state(directory: Path, kind: str | None = None) -> CheckpointState:
-    """The typed state of a checkpoint (0.1 checkpoints included), refused when it is not of ``kind``."""
+def read_state(directory: Path, kind: str | tuple[str, ...] | None = None) -> CheckpointState:
+    """The typed state of a checkpoint (0.1 checkpoints included), refused when it is not of ``kind`` (or of one
+    of several kinds)."""
     path = Path(directory) / "state.json"
     try:
         values = json.loads(path.read_text())
@@ -188,10 +191,13 @@ def read_state(directory: Path, kind: str | None = None) -> CheckpointState:
         state = CheckpointState(**{key: value for key, value in values.items() if key in known})
     except TypeError as error:
         raise LatentFMError(f"{path} is not a latentfm checkpoint state: {error}") from None
-    if kind is not None and state.kind != kind:
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and state.kind not in kinds:
+        expected = " or ".join(repr(name) for name in kinds)
+        made_by = " or ".join(f"`latentfm {MADE_BY[name]}`" for name in kinds)
         raise LatentFMError(
-            f"{Path(directory)} is a checkpoint of kind {state.kind!r}, expected {kind!r}: "
-            f"give one that `latentfm {MADE_BY[kind]}` wrote"
+            f"{Path(directory)} is a checkpoint of kind {state.kind!r}, expected {expected}: "
+            f"give one that {made_by} wrote"
         )
     return state
 

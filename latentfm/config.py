@@ -93,6 +93,7 @@ class ModelConfig:
     size: str | None = None
     class_dropout: float = 0.1
     grad_checkpointing: bool = False
+    step_input: bool = False  # a few-step model's jump (Condition.step) as an input: set by fewstep.objective=shortcut
     # DiT
     patch_size: int = 2
     hidden_size: int = 384
@@ -206,6 +207,30 @@ class RefinerConfig:
 
 
 @dataclass
+class FewStepConfig:
+    """Few-step tuning of a trained flow model (``latentfm train-fewstep``): the tuned model samples in 1-4 calls
+    with ``--solver fewstep``. ``teacher``: the flow model's run or checkpoint directory, whose EMA weights start
+    the tuning.
+
+    ``objective`` ``consistency`` (Easy Consistency Tuning in velocity form: the network at ``x_t`` learns
+    ``g u + (1 - g) v(x_r, r)``, its own velocity under no_grad at ``x_r``, a point ``r = t + g (1 - t)`` closer
+    to the data on the same noise and data, ``u`` the path's velocity; ``g`` falls geometrically from
+    ``gap_start`` to ``gap_end`` over the run, so it starts as flow matching) or ``shortcut`` (shortcut models:
+    the network gets the jump ``d`` as an input, ``model.step_input``; on ``shortcut_fraction`` of the batch a
+    jump ``d = 2^-k`` down to ``shortcut_min_step`` learns the mean of two half jumps of the same network, on
+    the rest flow matching with ``d = 0``). ``max_nfe``: the most steps ``--solver fewstep`` may take.
+    """
+
+    teacher: str | None = None
+    objective: str = "consistency"  # consistency | shortcut
+    max_nfe: int = 8
+    gap_start: float = 0.5
+    gap_end: float = 0.01
+    shortcut_fraction: float = 0.25
+    shortcut_min_step: float = 0.015625  # 1/64
+
+
+@dataclass
 class TrainConfig:
     """The training loop."""
 
@@ -239,6 +264,7 @@ class Config:
     sample: SamplerSettings = field(default_factory=SamplerSettings)  # the recipe's sampler (sampling/settings.py)
     eval: EvalConfig = field(default_factory=EvalConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    fewstep: FewStepConfig = field(default_factory=FewStepConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -304,10 +330,11 @@ AT_LEAST_ZERO = {
     "every", "map_classes", "weight_decay", "kl_weight", "gan_weight", "sigma_min", "upsample_diffusion_step",
     "upsample_sigma", "grad_clip", "seed", "workers",
 }  # fmt: skip
-ABOVE_ZERO = {"lr", "mlp_ratio", "t_scale", "delta_max"}
+ABOVE_ZERO = {"lr", "mlp_ratio", "t_scale", "delta_max", "gap_start", "gap_end", "shortcut_min_step", "max_nfe"}
 FRACTIONS = {
     "class_dropout", "dropout", "ema_decay", "min_lr_ratio", "mask_min_fraction", "mask_max_fraction",
-    "mask_everything_probability", "map_dropout", "label_dropout", "delta_max",
+    "mask_everything_probability", "map_dropout", "label_dropout", "delta_max", "gap_start", "gap_end",
+    "shortcut_fraction", "shortcut_min_step",
 }  # fmt: skip
 
 

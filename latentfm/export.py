@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from latentfm.atomic import atomic_directory
-from latentfm.checkpoint import file_sha256, read_state, resolve_checkpoint
+from latentfm.checkpoint import GENERATORS, file_sha256, read_state, resolve_checkpoint
 from latentfm.errors import LatentFMError
 from latentfm.image_io import save_grid
 from latentfm.pipeline import FlowPipeline
@@ -42,7 +42,7 @@ def export_model(
     atomically; ``notes`` (Markdown) and an evaluation ``report`` (``latentfm eval``'s report.json) go into the
     card. Returns ``out``."""
     source = resolve_checkpoint(run)
-    state = read_state(source, "flow")
+    state = read_state(source, GENERATORS)
     out = Path(out)
     name = name or out.name
     with atomic_directory(out) as tmp:

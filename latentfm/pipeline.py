@@ -15,7 +15,7 @@ from torch import nn
 from latentfm.atomic import write_bytes_atomic
 from latentfm.autoencoders import Autoencoder, LatentNorm, build_autoencoder
 from latentfm.autoencoders.base import autoencoder_identity
-from latentfm.checkpoint import load_weights, read_state, resolve_checkpoint, weights_sha256
+from latentfm.checkpoint import GENERATORS, load_weights, read_state, resolve_checkpoint, weights_sha256
 from latentfm.condition import Condition
 from latentfm.config import AutoencoderConfig, config_from_dict
 from latentfm.errors import LatentFMError, first_difference
@@ -31,7 +31,8 @@ from latentfm.sampling import (
     SampleStats,
     sample,
 )
-from latentfm.seeding import source_noise
+from latentfm.sampling.schedules import explicit_steps
+from latentfm.seeding import source_noise, step_noise
 from latentfm.tasks import Inputs, Task, build_task
 
 
@@ -101,6 +102,7 @@ class FlowPipeline:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     autoencoder_identity: dict[str, Any] | None = None  # of the weights the model was trained with
     refiner: nn.Module | None = None  # FlowTurbo's velocity refiner of this model (``with_refiner``)
+    fewstep_nfe: int | None = None  # a few-step model (``latentfm train-fewstep``): the most NFE it was tuned for
 
     @property
     def device(self) -> torch.device:
@@ -113,7 +115,7 @@ class FlowPipeline:
     ) -> FlowPipeline:
         """Load a checkpoint directory, or the latest checkpoint of a run directory."""
         directory = resolve_checkpoint(path)
-        state = read_state(directory, "flow")
+        state = read_state(directory, GENERATORS)
         config = config_from_dict(state.config)
         _root_autoencoder_files(config.autoencoder, directory)
         data = state.data
@@ -137,6 +139,7 @@ class FlowPipeline:
             task=task,
             sampler=config.sample,
             autoencoder_identity=state.autoencoder,
+            fewstep_nfe=config.fewstep.max_nfe if state.kind == "fewstep" else None,
         )
 
     @classmethod
@@ -243,6 +246,7 @@ class FlowPipeline:
             if len(value) != total:
                 raise LatentFMError(f"{len(value)} {name} inputs for {total} samples: give one per sample")
         settings = settings or self.sampler
+        self._check_sampler(settings)
         starts = range(0, total, batch_size)
         bar = progress_bar(desc=f"generating {total} samples", unit="call", show=progress)  # per velocity call
         parts, stats = [], None
@@ -254,7 +258,9 @@ class FlowPipeline:
             velocity.progress = bar
             x0 = self.task.source(velocity.cond, self.source(stop - start, seed, first_index + start))
             refine = None if self.refiner is None else GuidedRefiner(self.refiner_velocity, velocity)
-            z, stats = sample(velocity, x0, settings=settings, refine=refine)
+            indices = range(first_index + start, first_index + stop)
+            noise = lambda step, indices=indices: step_noise(seed, indices, step, self.latent_shape)  # noqa: E731
+            z, stats = sample(velocity, x0, settings=settings, refine=refine, noise=noise)
             stats.network_passes = velocity.network_passes
             stats.refiner_passes = 0 if refine is None else refine.network_passes
             parts.append(self.decode(z.float(), batch_size) if decode else z.float())
@@ -263,6 +269,26 @@ class FlowPipeline:
                 bar.refresh()
         bar.close()
         return torch.cat(parts), stats
+
+    def _check_sampler(self, settings: SamplerSettings) -> None:
+        """Refuse a sampler this model cannot run: ``fewstep`` on a flow model or beyond the steps it was tuned
+        for, ``sde`` from a source that is not noise."""
+        if settings.solver == "fewstep" and settings.fixed_step:
+            if self.fewstep_nfe is None:
+                raise LatentFMError(
+                    "solver fewstep runs a model tuned by latentfm train-fewstep; this is a flow model: "
+                    "use another solver"
+                )
+            steps = settings.budget or settings.steps or explicit_steps(settings.schedule)
+            if steps > self.fewstep_nfe:
+                raise LatentFMError(
+                    f"nfe={steps}: this few-step model was tuned for at most {self.fewstep_nfe} steps; give "
+                    f"--nfe {self.fewstep_nfe} or fewer, or sample its teacher"
+                )
+        if settings.solver == "sde" and settings.fixed_step and not self.task.noise_source:
+            raise LatentFMError(
+                f"solver sde assumes the flow starts from noise; the {self.task.kind} task starts elsewhere: use euler"
+            )
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -370,7 +396,7 @@ def _root_autoencoder_files(autoencoder: AutoencoderConfig, directory: Path) -> 
 
 def recipe_sampler(path: str | Path) -> SamplerSettings:
     """The sampler of a flow checkpoint's recipe (its config's ``sample`` section), read without its weights."""
-    return config_from_dict(read_state(resolve_checkpoint(path), "flow").config).sample
+    return config_from_dict(read_state(resolve_checkpoint(path), GENERATORS).config).sample
 
 
 def save_upsampled(

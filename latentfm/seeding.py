@@ -22,3 +22,15 @@ def source_noise(seed: int, indices: range | list[int], shape: tuple[int, ...]) 
     The same index gives the same noise however the samples are batched or sharded across ranks.
     """
     return torch.stack([torch.randn(shape, generator=generator("cpu", seed, i)) for i in indices])
+
+
+def step_noise(seed: int, indices: range | list[int], step: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The fresh standard normal noise of a stochastic sampler's ``step`` for samples ``indices``, each from its
+    own seed ``(seed, i, 1, step)`` on the CPU: like ``source_noise``, independent of batching and ranks.
+
+    Example:
+        >>> together = step_noise(0, range(4), 2, (3,))
+        >>> bool((together[2:] == step_noise(0, [2, 3], 2, (3,))).all())
+        True
+    """
+    return torch.stack([torch.randn(shape, generator=generator("cpu", seed, i, 1, step)) for i in indices])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from latentfm.config import load_config
+from latentfm.training.fewstep_trainer import FewStepTrainer, fewstep_config
 from latentfm.training.trainer import Trainer
 
 from .conftest import TINY
@@ -23,6 +24,7 @@ RUNS = {
     "fashion_mnist_inpaint": ["task.kind=inpaint", "flow.coupling=independent"],
     "fashion_mnist_semantic": ["task.kind=semantic", "task.map_dropout=0.2"],
 }
+TUNED = {"fashion_mnist_fewstep": "fashion_mnist"}  # a few-step run and the run it tunes
 
 
 def python_blocks(document: str) -> list[tuple[int, str]]:
@@ -41,6 +43,14 @@ def runs_directory(tmp_path_factory):
     for name, task in RUNS.items():
         overrides = [*TINY, *task, "train.steps=4", f"train.out_dir={root / 'runs' / name}"]
         Trainer(load_config(None, overrides)).run()
+    for name, teacher in TUNED.items():
+        overrides = [
+            "train.steps=2",
+            "train.batch_size=32",
+            "train.device=cpu",
+            f"train.out_dir={root / 'runs' / name}",
+        ]
+        FewStepTrainer(fewstep_config(root / "runs" / teacher, "configs/fashion_mnist_fewstep.yaml", overrides)).run()
     return root
 
 
@@ -51,6 +61,7 @@ def test_the_documents_have_python_blocks():
 @pytest.mark.parametrize(("document", "line", "code"), BLOCKS, ids=[f"{d}:{n}" for d, n, _ in BLOCKS])
 def test_python_block_runs_as_written(document, line, code, runs_directory, monkeypatch):
     loaded = set(re.findall(r'from_checkpoint\("runs/([\w.]+)"\)', code))
-    assert loaded <= set(RUNS), f"{document}:{line} loads {sorted(loaded - set(RUNS))}: add a tiny run to RUNS"
+    known = set(RUNS) | set(TUNED)
+    assert loaded <= known, f"{document}:{line} loads {sorted(loaded - known)}: add a tiny run to RUNS or TUNED"
     monkeypatch.chdir(runs_directory)
     exec(compile(code, f"{document}:{line}", "exec"), {"__name__": "__docs__"})

@@ -4,13 +4,16 @@ are tested in tests/tasks."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from latentfm.config import load_config
+from latentfm.config import TaskConfig, load_config
 from latentfm.errors import LatentFMError
 from latentfm.pipeline import FlowPipeline, Latents, recipe_sampler
 from latentfm.progress import progress_bar
+from latentfm.tasks import build_task
 from latentfm.training.trainer import Trainer
 
 from .conftest import TINY
@@ -105,3 +108,21 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     AutoencoderTrainer(config).run()
     with pytest.raises(LatentFMError, match="expected 'flow'"):
         FlowPipeline.from_checkpoint(tmp_path / "ae")
+
+
+def test_the_sde_sampler_draws_each_samples_noise_from_its_own_seed(pipe):
+    settings = pipe.sampler.with_(solver="sde", nfe=4, noise=1.0)
+    labels = torch.arange(7) % 10
+    whole, stats = pipe.generate(labels, seed=3, settings=settings, batch_size=7)
+    parts, _ = pipe.generate(labels, seed=3, settings=settings, batch_size=3)
+    torch.testing.assert_close(whole, parts)
+    euler, _ = pipe.generate(labels, seed=3, settings=settings.with_(noise=0.0))
+    assert stats.nfe == 4 and not torch.allclose(whole, euler)
+    again, _ = pipe.generate(labels, seed=4, settings=settings)
+    assert not torch.allclose(whole, again)
+
+
+def test_the_sde_sampler_is_refused_where_the_flow_does_not_start_from_noise(pipe):
+    upsampler = replace(pipe, task=build_task(TaskConfig(kind="upsample")))
+    with pytest.raises(LatentFMError, match="solver sde assumes the flow starts from noise"):
+        upsampler.latents(n=1, settings=pipe.sampler.with_(solver="sde", noise=1.0))

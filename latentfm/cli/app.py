@@ -26,6 +26,7 @@ DESCRIPTION = (
 EXAMPLES = {
     "train": "latentfm train --config configs/digits.yaml train.steps=500",
     "train-refiner": "latentfm train-refiner --teacher runs/fashion_mnist --config configs/fashion_mnist_refiner.yaml",
+    "train-fewstep": "latentfm train-fewstep --teacher runs/fashion_mnist --config configs/fashion_mnist_fewstep.yaml",
     "train-autoencoder": "latentfm train-autoencoder --config configs/fashion_mnist_autoencoder.yaml",
     "encode": "latentfm encode --config configs/fashion_mnist_latent.yaml --out runs/fashion_mnist_latents",
     "demo": "latentfm demo --out out/demo",

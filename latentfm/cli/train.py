@@ -1,5 +1,5 @@
-"""Commands that train or prepare training: ``train``, ``train-refiner``, ``train-autoencoder``, ``encode`` and
-``demo``."""
+"""Commands that train or prepare training: ``train``, ``train-refiner``, ``train-fewstep``,
+``train-autoencoder``, ``encode`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ def cmd_train_refiner(args: argparse.Namespace) -> None:
     config = refiner_config(args.teacher, args.config, args.overrides)
     try:
         checkpoint = RefinerTrainer(config).run()
+        print(f"checkpoint: {checkpoint}")
+    finally:
+        teardown_distributed()
+
+
+def cmd_train_fewstep(args: argparse.Namespace) -> None:
+    """Tune a trained flow model (the teacher) to sample in 1-4 steps (``--solver fewstep``): its data, task and
+    model come from the teacher's checkpoint, the fewstep, optim, train and sample sections from the config."""
+    from latentfm.distributed import teardown_distributed
+    from latentfm.training.fewstep_trainer import FewStepTrainer, fewstep_config
+
+    config = fewstep_config(args.teacher, args.config, args.overrides)
+    try:
+        checkpoint = FewStepTrainer(config).run()
         print(f"checkpoint: {checkpoint}")
     finally:
         teardown_distributed()
@@ -108,6 +122,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train_refiner.add_argument("--config", required=True, help="YAML config, e.g. configs/fashion_mnist_refiner.yaml")
     train_refiner.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
     train_refiner.set_defaults(run=cmd_train_refiner)
+
+    train_fewstep = commands.add_parser(
+        "train-fewstep",
+        help="tune a flow model to sample in one to four steps",
+        description=cmd_train_fewstep.__doc__,
+    )
+    train_fewstep.add_argument("--teacher", required=True, help="the flow model's run or checkpoint directory")
+    train_fewstep.add_argument("--config", required=True, help="YAML config, e.g. configs/fashion_mnist_fewstep.yaml")
+    train_fewstep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
+    train_fewstep.set_defaults(run=cmd_train_fewstep)
 
     train_ae = commands.add_parser(
         "train-autoencoder", help="train a KL autoencoder from a config", description=cmd_train_autoencoder.__doc__

@@ -121,5 +121,6 @@ def build_model(
         concat_channels=concat_channels,
         concat_encoder=concat_encoder,
         grad_checkpointing=config.grad_checkpointing,
+        step_input=config.step_input,
     )
     return (DiT if config.arch == "dit" else UNet)(**common, **shape)

@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from latentfm.condition import Condition
 from latentfm.errors import LatentFMError
 from latentfm.models.conditioning import check_velocity_inputs, concat_input, label_embedding
-from latentfm.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d_pos_embed
+from latentfm.models.embeddings import LabelEmbedder, StepEmbedder, TimestepEmbedder, sincos_2d_pos_embed
 
 DIT_SIZES: dict[str, dict[str, int]] = {
     "S": {"depth": 12, "hidden_size": 384, "num_heads": 6},
@@ -151,6 +151,7 @@ class DiT(nn.Module):
         concat_encoder: nn.Module | None = None,
         learn_sigma: bool = False,
         grad_checkpointing: bool = False,
+        step_input: bool = False,
     ) -> None:
         super().__init__()
         _check_config(image_size, patch_size, hidden_size, num_heads)
@@ -166,6 +167,7 @@ class DiT(nn.Module):
         self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
         self.concat_embedder = PatchEmbed(concat_channels, hidden_size, patch_size) if concat_channels else None
         self.t_embedder = TimestepEmbedder(hidden_size)
+        self.step_embedder = StepEmbedder(hidden_size) if step_input else None
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout) if num_classes else None
         pos_embed = sincos_2d_pos_embed(hidden_size, image_size // patch_size)
         self.register_buffer("pos_embed", pos_embed.unsqueeze(0))
@@ -189,6 +191,10 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.step_embedder is not None:  # a flow model given the step input starts unchanged
+            nn.init.normal_(self.step_embedder.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.step_embedder.mlp[2].weight)
+            nn.init.zeros_(self.step_embedder.mlp[2].bias)
         for layer in [block.adaLN_modulation[-1] for block in self.blocks] + [
             self.final_layer.adaLN_modulation[-1],
             self.final_layer.linear,
@@ -205,6 +211,8 @@ class DiT(nn.Module):
         if concat is not None:
             tokens = tokens + self.concat_embedder(concat)
         c = self.t_embedder(t) + label_embedding("DiT", self.y_embedder, cond.labels, x)
+        if self.step_embedder is not None:
+            c = c + self.step_embedder(cond.step, t)
         for block in self.blocks:
             tokens = self._run_block(block, tokens, c)
         out = self.unpatchify(self.final_layer(tokens, c))

@@ -54,6 +54,27 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(self.sinusoidal(t).to(weight.dtype))
 
 
+class StepEmbedder(TimestepEmbedder):
+    """Embed the jump ``step`` ``[B]`` of a few-step model's call (``Condition.step``; None: 0, the velocity at
+    ``t``) like a time. Its output layer starts at zero, so a trained flow model given this input is unchanged
+    until the few-step tuning teaches it the steps.
+
+    Example:
+        >>> embedder = StepEmbedder(8)
+        >>> embedder(None, torch.rand(2)).abs().max().item(), tuple(embedder(torch.rand(2), torch.rand(2)).shape)
+        (0.0, (2, 8))
+    """
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256) -> None:
+        super().__init__(hidden_size, frequency_size)
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, step: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Embedding ``[B, hidden_size]`` of ``step`` (zeros like the times ``t`` when None)."""
+        return super().forward(torch.zeros_like(t) if step is None else step.to(t.dtype))
+
+
 class LabelEmbedder(nn.Module):
     """Embed class labels ``[B]``; row ``num_classes`` is the null label used for guidance.
 

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from latentfm.condition import Condition
 from latentfm.errors import LatentFMError
 from latentfm.models.conditioning import check_velocity_inputs, concat_input, label_embedding
-from latentfm.models.embeddings import LabelEmbedder, TimestepEmbedder
+from latentfm.models.embeddings import LabelEmbedder, StepEmbedder, TimestepEmbedder
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -178,6 +178,7 @@ class UNet(nn.Module):
         norm_groups: int = 32,
         grad_checkpointing: bool = False,
         channels_last: bool = False,
+        step_input: bool = False,
     ) -> None:
         super().__init__()
         channel_mult = tuple(channel_mult)
@@ -193,6 +194,7 @@ class UNet(nn.Module):
         self.channels_last = channels_last
         emb = 4 * model_channels
         self.t_embedder = TimestepEmbedder(emb, frequency_size=model_channels)
+        self.step_embedder = StepEmbedder(emb, frequency_size=model_channels) if step_input else None
         # The label table keeps nn.Embedding's N(0, 1) start, as ADM's does: a class signal as strong as the time
         # embedding from step 0. DiT's N(0, 0.02²) start cost this UNet 0.25 FD and 8 points of class accuracy on
         # Fashion-MNIST (BENCHMARKS.md, finding 2).
@@ -250,6 +252,8 @@ class UNet(nn.Module):
         if concat is not None:
             h = h + self.concat_conv(concat)
         emb = self.t_embedder(t) + label_embedding("UNet", self.y_embedder, cond.labels, x)
+        if self.step_embedder is not None:
+            emb = emb + self.step_embedder(cond.step, t)
         skips = [h]
         for block in self.down:
             h = self._run(block, h, emb)

@@ -56,12 +56,14 @@ class GuidedVelocity:
         low, high = self.interval
         return low <= float(t[0].detach()) <= high  # the schedule search learns t: no gradient here
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: torch.Tensor | None = None) -> torch.Tensor:
+        """The (guided) velocity at ``x``, ``t``; ``step`` ``[B]``: the jump of a few-step model's call."""
+        cond = self.cond.with_step(step)
         if not self.guided_at(t):
             count_passes(self, 1)
-            return self.model(x, t, self.cond)
+            return self.model(x, t, cond)
         count_passes(self, 2)
-        both = self.cond.cat(self.uncond)
+        both = cond.cat(self.uncond.with_step(step))
         v_cond, v_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return v_uncond + self.cfg_scale * (v_cond - v_uncond)
 

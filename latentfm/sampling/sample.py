@@ -10,7 +10,7 @@ import torch
 from latentfm.errors import LatentFMError
 from latentfm.sampling.schedules import explicit_steps, time_grid
 from latentfm.sampling.settings import ADAPTIVE_TOLERANCE, SamplerSettings
-from latentfm.sampling.solvers import Refine, Velocity, integrate, rules_nfe, solver_rules
+from latentfm.sampling.solvers import Noise, Refine, Velocity, integrate, rules_nfe, solver_rules
 
 
 @dataclass
@@ -56,14 +56,15 @@ def _steps_for_budget(solver: str, nfe: int, skip_last: bool) -> tuple[int, str]
     return steps, "" if spent == nfe else f"nfe budget {nfe}: {steps} {solver} steps use {spent}"
 
 
-def _fixed_step(counted: _Counting, x0: torch.Tensor, settings: SamplerSettings):
+def _fixed_step(counted: _Counting, x0: torch.Tensor, settings: SamplerSettings, noise: Noise | None):
     """A named fixed-step solver on its time grid."""
     skip_last = bool(settings.options.get("skip_last", False))
     steps, note = settings.steps or explicit_steps(settings.schedule), ""
     if settings.budget is not None:
         steps, note = _steps_for_budget(settings.solver, settings.budget, skip_last)
     times = time_grid(settings.schedule, steps).tolist()
-    x = integrate(counted, x0, times, solver_rules(settings.solver, steps, skip_last), compiled=settings.compile)
+    rules = solver_rules(settings.solver, steps, skip_last)
+    x = integrate(counted, x0, times, rules, compiled=settings.compile, noise=noise, noise_strength=settings.noise)
     return x, SampleStats(settings.solver, steps, counted.calls, times, note)
 
 
@@ -107,7 +108,11 @@ def _adaptive(counted: _Counting, x0: torch.Tensor, settings: SamplerSettings):
 
 @torch.no_grad()
 def sample(
-    velocity: Velocity, x0: torch.Tensor, settings: SamplerSettings | None = None, refine: Refine | None = None
+    velocity: Velocity,
+    x0: torch.Tensor,
+    settings: SamplerSettings | None = None,
+    refine: Refine | None = None,
+    noise: Noise | None = None,
 ) -> tuple[torch.Tensor, SampleStats]:
     """Solve ``dx/dt = velocity(x, t)`` from ``x0`` at t=0 to t=1.
 
@@ -117,6 +122,7 @@ def sample(
         settings: the sampler (default ``SamplerSettings()``: midpoint at 8 NFE); its guidance fields belong to
             the caller's velocity.
         refine: ``refine(x, t, v) -> v'``, the velocity refiner of a turbo program's refiner steps.
+        noise: ``noise(i)``, the fresh noise of the ``sde`` solver's step ``i`` (default: torch's generator).
 
     Returns:
         ``(x1, stats)`` with ``stats.nfe`` the exact number of velocity calls per sample.
@@ -135,4 +141,4 @@ def sample(
         return _adaptive(counted, x0, settings)
     if settings.turbo is not None:
         return _turbo(counted, x0, settings, refine)
-    return _fixed_step(counted, x0, settings)
+    return _fixed_step(counted, x0, settings, noise)

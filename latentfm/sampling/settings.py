@@ -42,13 +42,15 @@ class SamplerSettings:
     these fields; a new field with its ``_setting`` appears in each of them.
 
     Attributes:
-        solver: a fixed-step solver (``euler``, ``heun``, ``midpoint``, ``rk4``, ``ab2``, ``ab3``, ``pc``) or the
-            adaptive ``dopri5``; ignored when ``schedule`` is a ``SearchedSchedule`` (the whole recipe).
+        solver: a fixed-step solver (``euler``, ``heun``, ``midpoint``, ``rk4``, ``ab2``, ``ab3``, ``pc``), the
+            stochastic ``sde``, ``fewstep`` (a model of ``latentfm train-fewstep``: one call per step, told the
+            step) or the adaptive ``dopri5``; ignored when ``schedule`` is a ``SearchedSchedule`` (the whole recipe).
         nfe: a budget of velocity calls per sample (the largest step count that fits is used), or
         steps: a number of solver steps. With neither (and a named schedule) a fixed-step solver gets
             ``DEFAULT_NFE``.
         schedule: a named schedule (``uniform``, ``shift:S``, ``edm:RHO``, ``cosine``), an explicit list of times
             from 0 to 1, or a ``SearchedSchedule``.
+        noise: the ``sde`` solver's noise strength ``H`` >= 0 (``sampling.solvers.sde_step``; 0: Euler).
         cfg: the classifier-free guidance weight (1: none).
         guidance_interval: ``(t_low, t_high)``: guidance only for t inside it, the conditional velocity alone
             elsewhere (Kynkäänniemi et al. 2024); None or ``(0, 1)``: everywhere.
@@ -73,6 +75,12 @@ class SamplerSettings:
     steps: int | None = _setting(None, "count", "solver steps (instead of --nfe)")
     schedule: Schedule | SearchedSchedule = _setting(
         "uniform", "schedule", "uniform, shift:S, edm:RHO, cosine, a list 0,0.4,1 or a search-schedule JSON file"
+    )
+    noise: float = _setting(
+        0.0,
+        "number",
+        "the sde solver's noise strength H: 0 is Euler, larger replaces more of the noise estimate",
+        metavar="H",
     )
     cfg: float = _setting(1.0, "number", "classifier-free guidance weight, 1 = none")
     guidance_interval: tuple[float, float] | None = _setting(
@@ -99,6 +107,7 @@ class SamplerSettings:
         if self.compile not in COMPILE_MODES:
             modes = ", ".join(mode for mode in COMPILE_MODES if mode)
             raise LatentFMError(f"compile={self.compile!r} is not a torch.compile mode; use one of {modes}")
+        self._check_noise()
         if self.turbo is not None:
             self._check_turbo()
             return
@@ -106,6 +115,12 @@ class SamplerSettings:
         self._check_budget()
         self._check_options()
         self._check_guidance()
+
+    def _check_noise(self) -> None:
+        if not math.isfinite(self.noise) or self.noise < 0:
+            raise LatentFMError(f"noise={self.noise} must be a finite number >= 0 (0: no noise, Euler)")
+        if self.noise and (self.solver != "sde" or self.turbo is not None or self.searched):
+            raise LatentFMError(f"noise={self.noise} is the sde solver's; give solver=sde, or noise=0")
 
     def _check_guidance(self) -> None:
         if not math.isfinite(self.cfg) or self.cfg < 0:
@@ -158,6 +173,8 @@ class SamplerSettings:
             changes = {"nfe": None, "steps": None, **changes}
         if "solver" in changes and changes["solver"] not in ADAPTIVE_SOLVERS and self.adaptive:
             changes = {"options": {}, **changes}
+        if changes.get("solver", "sde") != "sde" or changes.get("turbo") is not None:
+            changes = {"noise": 0.0, **changes}  # the noise strength is the sde solver's
         return replace(self, **changes)
 
     def with_given(self, called: Callable[[str, Any], str] | None = None, **values: Any) -> SamplerSettings:
@@ -227,6 +244,8 @@ guidance_interval=(0.25, 1.0), options={}, turbo=None, compile=None)
 
     def _check_turbo(self) -> None:
         turbo_rules(self.turbo)
+        if self.solver in ("sde", "fewstep"):
+            raise LatentFMError(f"turbo={self.turbo} is a program of Heun and refiner steps; it takes no {self.solver}")
         if self.nfe is not None or self.steps is not None or self.options:
             raise LatentFMError(
                 f"turbo={self.turbo}: the program fixes the steps and NFE; give no nfe, steps or options"

@@ -15,6 +15,10 @@ A solver is a list of rules, one per step of a time grid; ``integrate`` runs any
   velocities at this and the previous step starts (newest first), with per-step coefficients
   ``[a_0, .., a_{K-1}, c_0, .., c_{K-1}]`` found by the schedule search (bespoke-solver style). ``a = (1, 0, ..)``
   with Adams-Bashforth's ``c`` is Adams-Bashforth; other ``a`` reach exponential-integrator (DPM-Solver++) forms.
+- ``sde``: one call, a stochastic step that keeps the marginals of the linear path (``sde_step``): the noise
+  estimate is partly replaced by fresh noise, by how much set by the noise strength ``H`` (0: exactly Euler).
+- ``fewstep``: one call, the Euler step of a few-step model told the jump it makes (``Condition.step``): a
+  shortcut model's average velocity over the step; a consistency model ignores the jump.
 - ``ab2``, ``ab3``: Adams-Bashforth multistep of order 2 and 3 on variable steps, one call; they reuse the
   velocities at earlier step starts and fall back to lower order while fewer exist. The named solver ``ab3``
   starts with one Heun step so that its warm-up keeps third order (an Euler start would cost an order).
@@ -60,14 +64,21 @@ def heun_sampler(velocity: Velocity, x: torch.Tensor, steps: int = 4) -> torch.T
     return x
 
 
-def _call(velocity: Velocity, x: torch.Tensor, t: Time) -> torch.Tensor:
-    """``velocity`` at time ``t`` for the whole batch, in the dtype of ``x``."""
+def _call(velocity: Velocity, x: torch.Tensor, t: Time, step: Time | None = None) -> torch.Tensor:
+    """``velocity`` at time ``t`` for the whole batch, in the dtype of ``x``; with ``step``, told the jump of a
+    few-step model's call."""
     t_batch = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
-    return velocity(x, t_batch).to(x.dtype)
+    if step is None:
+        return velocity(x, t_batch).to(x.dtype)
+    step_batch = torch.as_tensor(step, dtype=torch.float32, device=x.device).expand(x.shape[0])
+    return velocity(x, t_batch, step_batch).to(x.dtype)
 
 
 Refine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``refine(x, t, v) -> v'``: a velocity refiner's estimate of the velocity at ``(x, t)`` from a nearby one."""
+Noise = Callable[[int], torch.Tensor]
+"""``noise(i) -> ξ``: the fresh standard normal noise of step ``i`` of a stochastic sampler, shaped like the state
+(seeded per sample by the caller, so the batch size does not change the samples)."""
 
 
 @dataclass
@@ -79,6 +90,9 @@ class Past:
     states: deque[torch.Tensor] = field(default_factory=lambda: deque(maxlen=HISTORY - 1))
     coefficients: Sequence[float] | torch.Tensor | None = None
     refine: Refine | None = None
+    noise: Noise | None = None
+    noise_strength: float = 0.0
+    index: int = 0
 
 
 def euler_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
@@ -105,6 +119,20 @@ def refine_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Te
 def _refined(refine: Refine, x: torch.Tensor, t: Time, v: torch.Tensor) -> torch.Tensor:
     t_batch = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
     return refine(x, t_batch, v).to(x.dtype)
+
+
+def sde_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
+    """A step from ``t`` to ``t_next`` that keeps the marginals of the linear path ``x_t = t x1 + (1 - t) ε``:
+    from the denoised estimate ``x̂ = x + (1 - t) v`` and the noise estimate ``ε̂ = x - t v`` (see
+    ``latentfm.flow.conversions``), ``x' = t' x̂ + (1 - t') (m ε̂ + sqrt(1 - m²) ξ)`` with fresh noise ``ξ`` and
+    ``m = [(1 - t') t / ((1 - t) t')]^(H²)``, ``H = past.noise_strength``. ``H = 0`` keeps the noise estimate
+    (``m = 1``: exactly Euler); a larger ``H`` replaces more of it; the last step (``t' = 1``) adds none."""
+    denoised, noise = x + (1 - t) * v, x - t * v
+    if past.noise_strength == 0 or t_next >= 1:
+        return t_next * denoised + (1 - t_next) * noise, None
+    kept = ((1 - t_next) * t / ((1 - t) * t_next)) ** (past.noise_strength**2)
+    fresh = past.noise(past.index).to(device=x.device, dtype=x.dtype)
+    return t_next * denoised + (1 - t_next) * (kept * noise + (1 - kept**2) ** 0.5 * fresh), None
 
 
 def midpoint_step(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor, past: Past):
@@ -176,6 +204,7 @@ class Rule:
     reuses_kept: bool = False
     keeps: bool = False
     refiner_calls: int = 0
+    jumps: bool = False  # the call is told the step's length (Condition.step of a few-step model)
 
 
 RULES: dict[str, Rule] = {  # the single source of NFE accounting
@@ -185,11 +214,13 @@ RULES: dict[str, Rule] = {  # the single source of NFE accounting
     "refine": Rule(refine_step, 1, reuses_kept=True, keeps=True, refiner_calls=2),
     "midpoint": Rule(midpoint_step, 2),
     "rk4": Rule(rk4_step, 4),
+    "sde": Rule(sde_step, 1),
+    "fewstep": Rule(euler_step, 1, jumps=True),
     "ab2": Rule(ab2_step, 1),
     "ab3": Rule(ab3_step, 1),
     "lms": Rule(lms_step, 1),
 }
-FIXED_SOLVERS = ("euler", "heun", "midpoint", "rk4", "ab2", "ab3", "pc")
+FIXED_SOLVERS = ("euler", "heun", "midpoint", "rk4", "ab2", "ab3", "pc", "sde", "fewstep")
 
 
 def integrate(
@@ -200,19 +231,24 @@ def integrate(
     coefficients: Sequence[Sequence[float]] | torch.Tensor | None = None,
     refine: Refine | None = None,
     compiled: str | None = None,
+    noise: Noise | None = None,
+    noise_strength: float = 0.0,
 ) -> torch.Tensor:
     """Apply ``rules[i]`` from ``times[i]`` to ``times[i + 1]`` for every step; returns the end state.
 
     ``coefficients[i]`` are the state and velocity weights of an ``lms`` step (newest first); ``refine`` is the
-    velocity refiner of ``refine`` steps. ``times`` and ``coefficients`` may be tensors that require grad (the
-    search differentiates through them). ``compiled`` (a ``torch.compile`` mode) runs each kind of step compiled
-    as a whole, the velocity and refiner calls included; times then enter as tensors, so one compilation
-    serves every step of that kind.
+    velocity refiner of ``refine`` steps; ``noise`` gives the fresh noise of ``sde`` steps of strength
+    ``noise_strength`` (the state's shape; torch's generator when None). ``times`` and ``coefficients`` may be
+    tensors that require grad (the search differentiates through them). ``compiled`` (a ``torch.compile``
+    mode) runs each kind of step compiled as a whole, the velocity and refiner calls included; times then enter
+    as tensors, so one compilation serves every step of that kind.
     """
     if "refine" in rules and refine is None:
         raise LatentFMError("refine steps need a velocity refiner: give one (latentfm sample --refiner RUN)")
-    past, kept = Past(refine=refine), None
+    noise = noise or (lambda i: torch.randn_like(x))
+    past, kept = Past(refine=refine, noise=noise, noise_strength=noise_strength), None
     for i, name in enumerate(rules):
+        past.index = i
         rule, t, t_next = RULES[name], times[i], times[i + 1]
         v = kept if rule.reuses_kept else None
         past.coefficients = None if coefficients is None else coefficients[i]
@@ -230,11 +266,11 @@ def integrate(
 def step_block(name: str) -> Callable:
     """Rule ``name`` as one block: the velocity at the start when no kept one is given, then the update;
     returns the next state, the velocity to keep (or None) and the start velocity."""
-    step = RULES[name].step
+    step, jumps = RULES[name].step, RULES[name].jumps
 
     def block(f: Velocity, x: torch.Tensor, t: Time, t_next: Time, v: torch.Tensor | None, past: Past):
         if v is None:
-            v = _call(f, x, t)
+            v = _call(f, x, t, t_next - t if jumps else None)
         x_next, kept = step(f, x, t, t_next, v, past)
         return x_next, kept, v
 

@@ -51,6 +51,7 @@ class Task(Protocol):
     uses_labels: bool  # the model gets the data's class labels
     needs_low_latents: bool  # training reads latents of down-sampled images (``data.low_latent_cache``)
     needs_maps: bool  # training reads a class-id map per image (``data.maps_path``); implies needs_images
+    noise_source: bool  # the flow starts from standard normal noise (the sde solver's assumption)
 
     def model_inputs(self, latent_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> dict[str, Any]:
         """``build_model`` keywords for the task's condition: ``concat_channels`` and a ``concat_encoder``."""

@@ -25,6 +25,7 @@ class ClassTask:
     kind = "class"
     needs_images = False
     needs_low_latents = False
+    noise_source = True
     needs_maps = False
     uses_labels = True
 

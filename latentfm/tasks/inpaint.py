@@ -37,6 +37,7 @@ class InpaintTask:
     kind = "inpaint"
     needs_images = True
     needs_low_latents = False
+    noise_source = True
     needs_maps = False
     uses_labels = True
 

@@ -51,6 +51,7 @@ class SemanticTask:
     kind = "semantic"
     needs_images = True
     needs_low_latents = False
+    noise_source = True
     uses_labels = True
 
     def __init__(

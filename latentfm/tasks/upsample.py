@@ -44,6 +44,7 @@ class UpsampleTask:
     """
 
     kind = "upsample"
+    noise_source = False  # the noised up-sampled low-resolution latent
 
     def __init__(
         self,

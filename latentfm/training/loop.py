@@ -38,7 +38,7 @@ from latentfm.seeding import generator
 from latentfm.training.run_dir import RunDirectory
 
 # Independent random streams, each seeded from (train.seed, stream, ...).
-ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE, TASK, REFINE = range(9)
+ORDER, STEP, NOISE, MODEL, NORM, INIT, ENCODE, TASK, REFINE, FEWSTEP = range(10)
 
 
 def learning_rate(optim: OptimConfig, total_steps: int, step: int) -> float:

@@ -14,45 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from latentfm.autoencoders import LatentNorm
 from latentfm.checkpoint import read_state, resolve_checkpoint, weights_sha256
-from latentfm.condition import Condition
-from latentfm.config import Config, config_from_dict
+from latentfm.config import Config
 from latentfm.errors import LatentFMError
 from latentfm.flow import flow_matching_loss
 from latentfm.models.refiner import build_refiner
 from latentfm.pipeline import FlowPipeline
 from latentfm.seeding import generator
 from latentfm.training.loop import REFINE
+from latentfm.training.teacher import teacher_config
 from latentfm.training.trainer import Trainer
-
-# Sections a refiner config sets; the others (data, autoencoder, task, model, flow) are the teacher's.
-REFINER_SECTIONS = ("refiner", "optim", "train", "sample", "eval")
 
 
 def refiner_config(teacher: str | Path, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The run config of a refiner: the teacher's data, autoencoder, task, model and flow, the refiner file's
     ``refiner``, ``optim``, ``train``, ``sample`` and ``eval`` sections (and any ``data`` keys it gives, e.g. a
     moved latent cache), then ``key=value`` overrides."""
-    directory = resolve_checkpoint(teacher)
-    values = {k: v for k, v in read_state(directory, "flow").config.items() if k not in REFINER_SECTIONS}
-    given: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise LatentFMError(f"config file {path} does not exist")
-        try:
-            given = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as error:
-            raise LatentFMError(f"config file {path} is not valid YAML: {error}") from None
-    unknown = sorted(set(given) - {*REFINER_SECTIONS, "data"})
-    if unknown:
-        raise LatentFMError(f"refiner config {path}: section {unknown[0]} is the teacher's; give refiner, optim, train")
-    values = {**values, **{k: v for k, v in given.items() if k != "data"}}
-    values["data"] = {**values.get("data", {}), **given.get("data", {})}
-    values.setdefault("refiner", {})["teacher"] = str(teacher)
-    return config_from_dict(values, overrides)
+    return teacher_config(teacher, path, overrides, "refiner")
 
 
 class RefinerTrainer(Trainer):
@@ -105,7 +85,7 @@ class RefinerTrainer(Trainer):
         draws = generator(self.device, self.config.train.seed, REFINE, self.step)
         draws = torch.rand(size, 2, generator=draws, device=self.device)[part]
         delta, drop = draws[:, 0] * self.config.refiner.delta_max, draws[:, 1] < self.config.refiner.label_dropout
-        cond = self._drop_labels(cond, drop)
+        cond = cond.with_null_labels(drop, self.num_classes)
         t_next = (flow.t + delta).clamp(max=1.0)
         with torch.no_grad():
             v = self.teacher.model_velocity(flow.x_t, flow.t, cond)
@@ -114,13 +94,6 @@ class RefinerTrainer(Trainer):
         with self.autocast():
             predicted = v + self.train_model(x_next, t_next, v, cond).float()
         return self.finish_step(flow_matching_loss(predicted, target))
-
-    def _drop_labels(self, cond: Condition, drop: torch.Tensor) -> Condition:
-        """``cond`` with the null label where ``drop`` is set (the teacher's and the refiner's input alike)."""
-        if cond.labels is None:
-            return cond
-        labels = torch.where(drop, torch.full_like(cond.labels, self.num_classes), cond.labels)
-        return Condition(labels=labels, concat=cond.concat)
 
     def pipeline(self) -> FlowPipeline:
         """The teacher with the EMA refiner, sampling with the ``sample`` section (its turbo program)."""
