@@ -229,6 +229,37 @@ def record_size(ckpt: Path) -> None:
     (ckpt / "state.json").write_text(json.dumps(state))
 
 
+def fewstep_cases(root: Path) -> list[tuple[str, str, list[str]]]:
+    """Few-step tuning and the sde solver (issue 25): a teacher of another kind, a section that is the teacher's,
+    more steps than the tuned model takes, a bad noise strength, sde with a turbo program."""
+    teacher, tuned, refiner = root / "fs_teacher", root / "fs_tuned", root / "fs_refiner"
+    run([*TRAIN, f"train.out_dir={teacher}"])
+    recipe, task_section = root / "fewstep.yaml", root / "fewstep_task.yaml"
+    recipe.write_text("fewstep:\n  max_nfe: 4\nsample:\n  solver: fewstep\n  nfe: 1\n")
+    task_section.write_text("task:\n  kind: inpaint\n")
+    tune = ["train-fewstep", "--teacher", str(teacher), "--config", str(recipe), "train.steps=2", "train.device=cpu"]
+    run([*tune, "train.batch_size=32", f"train.out_dir={tuned}"])
+    refine = ["train-refiner", "--teacher", str(teacher), "--config", str(recipe.with_name("empty.yaml"))]
+    recipe.with_name("empty.yaml").write_text("")
+    run([*refine, "refiner.hidden_size=16", "train.steps=1", "train.batch_size=32", f"train.out_dir={refiner}"])
+    out = ["--out", str(root / "fs_out")]
+    sample = ["sample", "--checkpoint", str(teacher), *out]
+    return [
+        ("fewstep", "a refiner as the teacher", ["train-fewstep", "--teacher", str(refiner), "--config", str(recipe)]),
+        (
+            "fewstep",
+            "a task section in the recipe",
+            ["train-fewstep", "--teacher", str(teacher), "--config", str(task_section)],
+        ),
+        ("fewstep", "--nfe 8 for a model tuned for 4", ["sample", "--checkpoint", str(tuned), "--nfe", "8", *out]),
+        ("fewstep", "--solver fewstep on a flow model", [*sample, "--solver", "fewstep"]),
+        ("sde", "--noise -1", [*sample, "--solver", "sde", "--noise", "-1"]),
+        ("sde", "--noise inf", [*sample, "--solver", "sde", "--noise", "inf"]),
+        ("sde", "--noise without --solver sde", [*sample, "--noise", "1"]),
+        ("sde", "--solver sde with a turbo program", [*sample, "--solver", "sde", "--turbo", "H1P2R0"]),
+    ]
+
+
 def output_cases(root: Path) -> list[tuple[str, str, list[str]]]:
     """A read-only and a full tmpfs, where this machine lets us mount them (root); none otherwise."""
     cases = []
@@ -249,7 +280,8 @@ def main_() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="latentfm-bad-") as tmp:
         root = Path(tmp)
-        cases = image_cases(root) + data_cases(root) + config_cases(root) + checkpoint_cases(root) + output_cases(root)
+        cases = image_cases(root) + data_cases(root) + config_cases(root) + checkpoint_cases(root)
+        cases += fewstep_cases(root) + output_cases(root)
         for kind, name, command in cases:
             code, line = run(command)
             rows.append({"kind": kind, "input": name, "exit": code, "message": line.replace(tmp, "TMP")})

@@ -20,7 +20,7 @@ from latentfm.sampling.sample import sample
 from latentfm.sampling.schedules import named_grid
 from latentfm.sampling.settings import DEFAULT_NFE, SamplerSettings
 from latentfm.sampling.solvers import (
-    FIXED_SOLVERS,
+    ODE_SOLVERS,
     Velocity,
     adams_bashforth_weights,
     integrate,
@@ -34,7 +34,7 @@ START_SCHEDULES = ("uniform", "shift:2", "shift:3", "shift:0.5", "edm:7", "cosin
 def candidate_programs(nfe: int) -> dict[str, list[str]]:
     """Per-step rule lists that spend exactly ``nfe`` calls, by name."""
     programs = {"lms": ["lms"] * nfe} if nfe >= 1 else {}
-    for solver in FIXED_SOLVERS:
+    for solver in ODE_SOLVERS:
         for skip_last in (False, True) if solver == "heun" else (False,):
             steps = next((n for n in range(nfe, 0, -1) if rules_nfe(solver_rules(solver, n, skip_last)) == nfe), 0)
             if steps:

@@ -184,7 +184,7 @@ class SamplerSettings:
 
         Example:
             >>> SamplerSettings(cfg=2.0).with_given(nfe="4", cfg=None, guidance_interval="0.25,1")
-            SamplerSettings(solver='midpoint', nfe=4, steps=None, schedule='uniform', cfg=2.0, \
+            SamplerSettings(solver='midpoint', nfe=4, steps=None, schedule='uniform', noise=0.0, cfg=2.0, \
 guidance_interval=(0.25, 1.0), options={}, turbo=None, compile=None)
             >>> SamplerSettings().with_given(lambda name, value: f"--{name} {value}", nfe="0")
             Traceback (most recent call last):

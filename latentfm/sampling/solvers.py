@@ -220,7 +220,8 @@ RULES: dict[str, Rule] = {  # the single source of NFE accounting
     "ab3": Rule(ab3_step, 1),
     "lms": Rule(lms_step, 1),
 }
-FIXED_SOLVERS = ("euler", "heun", "midpoint", "rk4", "ab2", "ab3", "pc", "sde", "fewstep")
+ODE_SOLVERS = ("euler", "heun", "midpoint", "rk4", "ab2", "ab3", "pc")  # deterministic, of any velocity(x, t)
+FIXED_SOLVERS = (*ODE_SOLVERS, "sde", "fewstep")
 
 
 def integrate(

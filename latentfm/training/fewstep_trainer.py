@@ -1,7 +1,9 @@
 """Few-step tuning of a trained flow model (``latentfm train-fewstep``): the teacher's EMA weights start a network
 that learns to cross the path in 1-4 calls, sampled with ``--solver fewstep``.
 
-Two objectives (``fewstep.objective``), both without a Jacobian-vector product or a second network:
+Two objectives (``fewstep.objective``), both without a Jacobian-vector product or a second network; at equal
+CPU time on the Fashion-MNIST recipe ``shortcut`` was far better at 1 and 2 steps (BENCHMARKS.md), so it is the
+default:
 
 - ``consistency``, Easy Consistency Tuning (Geng et al. 2024) in velocity form. The consistency function is the
   denoised estimate ``f(x, t) = x + (1 - t) v(x, t)`` (the data at t = 1 in our time). A point ``x_t`` and a

@@ -202,3 +202,16 @@ def test_the_fewstep_recipes_read(teacher, name):
     config = fewstep_config(teacher, Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
     assert config.fewstep.teacher == str(teacher) and config.sample.solver == "fewstep"
     assert config.model.depth == 2  # the teacher's model, not the recipe file's
+
+
+def test_a_tuned_inpainting_model_keeps_its_task(tmp_path):
+    teacher = tmp_path / "teacher"
+    task = ["task.kind=inpaint", "flow.coupling=independent"]
+    Trainer(load_config(None, [*TINY, *task, "train.steps=2", f"train.out_dir={teacher}"])).run()
+    tuned(teacher, f"train.out_dir={tmp_path / 'run'}", "shortcut").run()
+    pipe = FlowPipeline.from_checkpoint(tmp_path / "run")
+    image, mask = torch.rand(1, 8, 8) * 2 - 1, torch.zeros(8, 8)
+    mask[2:6, 2:6] = 1
+    completions, stats = pipe.inpaint(image, mask, n=2, settings=pipe.sampler.with_(nfe=1))
+    assert stats.nfe == 1 and completions.shape == (2, 1, 8, 8)
+    assert torch.equal(completions[:, :, mask == 0], image[None].expand(2, -1, -1, -1)[:, :, mask == 0])
