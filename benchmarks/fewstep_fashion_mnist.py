@@ -81,14 +81,16 @@ def row_name(model: str, settings: SamplerSettings) -> str:
     return f"{model}-{settings.solver}{settings.nfe}-{settings.schedule}-cfg{settings.cfg:g}-{low:g}_{high:g}{noise}"
 
 
-def judge_row(pipe: FlowPipeline, model: str, settings: SamplerSettings, judge, seed: int) -> dict[str, Any]:
-    """Sample, time, judge and draw one row."""
-    labels = torch.arange(10).repeat_interleave(100)
+def judge_row(
+    pipe: FlowPipeline, model: str, settings: SamplerSettings, judge, seed: int, per_class: int = 100
+) -> dict[str, Any]:
+    """Sample ``per_class`` images of each class, time, judge and draw one row."""
+    labels = torch.arange(10).repeat_interleave(per_class)
     start = time.perf_counter()
     images, stats = pipe.generate(labels, seed=seed, settings=settings)
     seconds = time.perf_counter() - start
     name = row_name(model, settings)
-    first_ten = torch.cat([images[100 * c : 100 * c + 10] for c in range(10)])
+    first_ten = torch.cat([images[per_class * c : per_class * c + 10] for c in range(10)])
     save_grid(first_ten, RESULTS / f"{name}.png", columns=10)
     return {
         "name": name,
@@ -126,6 +128,11 @@ def main() -> None:
     parser.add_argument("--tuned", nargs="*", default=[], metavar="NAME=RUN", help="runs of latentfm train-fewstep")
     parser.add_argument("--judge", default="runs/peer", help="directory of the judge (trained there when missing)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (sample i from (seed, i))")
+    parser.add_argument("--per-class", type=int, default=100, help="samples per class (default 100: 1,000 in all)")
+    parser.add_argument("--nfe", type=int, nargs="*", help="only the rows of these NFE")
+    parser.add_argument("--name", help="results file name (default: the table's)")
+    parser.add_argument("--solvers", nargs="*", help="only the rows of these solvers")
+    parser.add_argument("--cfg", type=float, help="guidance weight of every row instead of the row's")
     args = parser.parse_args()
     judge = prepare_judge(Path(args.judge))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -135,12 +142,16 @@ def main() -> None:
     for model, run, model_rows in models:
         pipe = FlowPipeline.from_checkpoint(run)
         for row in model_rows:
-            rows.append(judge_row(pipe, model, settings_of(row), judge, args.seed))
+            if (args.nfe and row[1] not in args.nfe) or (args.solvers and row[0] not in args.solvers):
+                continue
+            settings = settings_of(row) if args.cfg is None else settings_of(row).with_(cfg=args.cfg)
+            rows.append(judge_row(pipe, model, settings, judge, args.seed, args.per_class))
             print(json.dumps({k: rows[-1][k] for k in ("name", "nfe", "fd", "accuracy", "ms_per_image")}), flush=True)
-    report = {"base": args.base, "tuned": args.tuned, "seed": args.seed, "samples": 1000, "rows": rows}
-    write_bytes_atomic(RESULTS / f"{args.table}.json", json.dumps(report, indent=1).encode())
+    report = {"base": args.base, "tuned": args.tuned, "seed": args.seed, "samples": 10 * args.per_class, "rows": rows}
+    name = args.name or args.table
+    write_bytes_atomic(RESULTS / f"{name}.json", json.dumps(report, indent=1).encode())
     table = markdown(rows)
-    write_bytes_atomic(RESULTS / f"{args.table}.md", (table + "\n").encode())
+    write_bytes_atomic(RESULTS / f"{name}.md", (table + "\n").encode())
     print(table)
 
 
