@@ -89,7 +89,7 @@ def judge_row(
     start = time.perf_counter()
     images, stats = pipe.generate(labels, seed=seed, settings=settings)
     seconds = time.perf_counter() - start
-    name = row_name(model, settings)
+    name = row_name(model, settings) + (f"-seed{seed}" if seed else "")
     first_ten = torch.cat([images[per_class * c : per_class * c + 10] for c in range(10)])
     save_grid(first_ten, RESULTS / f"{name}.png", columns=10)
     return {
