@@ -4,52 +4,49 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from latentfm.cli.options import add_device, add_output_dir, non_negative_int, positive_int
+
+
+def _train(make_trainer: Callable[[], Any]) -> None:
+    """Run the trainer ``make_trainer`` builds, print its last checkpoint and leave the process group."""
+    from latentfm.distributed import teardown_distributed
+
+    try:
+        print(f"checkpoint: {make_trainer().run()}")
+    finally:
+        teardown_distributed()
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a flow model from a YAML config plus overrides."""
     from latentfm.config import load_config
-    from latentfm.distributed import teardown_distributed
     from latentfm.evaluation import training_evaluation
     from latentfm.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
-    try:
-        checkpoint = Trainer(config, make_evaluation=training_evaluation(config.eval)).run()
-        print(f"checkpoint: {checkpoint}")
-    finally:
-        teardown_distributed()
+    _train(lambda: Trainer(config, make_evaluation=training_evaluation(config.eval)))
 
 
 def cmd_train_refiner(args: argparse.Namespace) -> None:
     """Train FlowTurbo's velocity refiner for a trained flow model (the teacher, frozen): its data, task and model
     come from the teacher's checkpoint, the refiner, optim, train and sample sections from the config."""
-    from latentfm.distributed import teardown_distributed
     from latentfm.training.refiner_trainer import RefinerTrainer, refiner_config
 
     config = refiner_config(args.teacher, args.config, args.overrides)
-    try:
-        checkpoint = RefinerTrainer(config).run()
-        print(f"checkpoint: {checkpoint}")
-    finally:
-        teardown_distributed()
+    _train(lambda: RefinerTrainer(config))
 
 
 def cmd_train_fewstep(args: argparse.Namespace) -> None:
     """Tune a trained flow model (the teacher) to sample in 1-4 steps (``--solver fewstep``): its data, task and
     model come from the teacher's checkpoint, the fewstep, optim, train and sample sections from the config."""
-    from latentfm.distributed import teardown_distributed
     from latentfm.training.fewstep_trainer import FewStepTrainer, fewstep_config
 
     config = fewstep_config(args.teacher, args.config, args.overrides)
-    try:
-        checkpoint = FewStepTrainer(config).run()
-        print(f"checkpoint: {checkpoint}")
-    finally:
-        teardown_distributed()
+    _train(lambda: FewStepTrainer(config))
 
 
 def cmd_train_autoencoder(args: argparse.Namespace) -> None:
@@ -113,25 +110,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
     train.set_defaults(run=cmd_train)
 
-    train_refiner = commands.add_parser(
-        "train-refiner",
-        help="train a FlowTurbo velocity refiner for a flow model",
-        description=cmd_train_refiner.__doc__,
-    )
-    train_refiner.add_argument("--teacher", required=True, help="the flow model's run or checkpoint directory")
-    train_refiner.add_argument("--config", required=True, help="YAML config, e.g. configs/fashion_mnist_refiner.yaml")
-    train_refiner.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
-    train_refiner.set_defaults(run=cmd_train_refiner)
-
-    train_fewstep = commands.add_parser(
-        "train-fewstep",
-        help="tune a flow model to sample in one to four steps",
-        description=cmd_train_fewstep.__doc__,
-    )
-    train_fewstep.add_argument("--teacher", required=True, help="the flow model's run or checkpoint directory")
-    train_fewstep.add_argument("--config", required=True, help="YAML config, e.g. configs/fashion_mnist_fewstep.yaml")
-    train_fewstep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
-    train_fewstep.set_defaults(run=cmd_train_fewstep)
+    for name, summary, run, recipe in (
+        ("train-refiner", "train a FlowTurbo velocity refiner for a flow model", cmd_train_refiner, "refiner"),
+        ("train-fewstep", "tune a flow model to sample in one to four steps", cmd_train_fewstep, "fewstep"),
+    ):
+        against = commands.add_parser(name, help=summary, description=run.__doc__)
+        against.add_argument("--teacher", required=True, help="the flow model's run or checkpoint directory")
+        against.add_argument("--config", required=True, help=f"YAML config, e.g. configs/fashion_mnist_{recipe}.yaml")
+        against.add_argument("overrides", nargs="*", metavar="key=value", help="overrides such as train.steps=100")
+        against.set_defaults(run=run)
 
     train_ae = commands.add_parser(
         "train-autoencoder", help="train a KL autoencoder from a config", description=cmd_train_autoencoder.__doc__

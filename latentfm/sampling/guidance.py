@@ -58,12 +58,14 @@ class GuidedVelocity:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: torch.Tensor | None = None) -> torch.Tensor:
         """The (guided) velocity at ``x``, ``t``; ``step`` ``[B]``: the jump of a few-step model's call."""
-        cond = self.cond.with_step(step)
+        cond, uncond = self.cond, self.uncond
+        if step is not None:  # a few-step model's call: both halves are told the jump
+            cond, uncond = cond.with_step(step), uncond and uncond.with_step(step)
         if not self.guided_at(t):
             count_passes(self, 1)
             return self.model(x, t, cond)
         count_passes(self, 2)
-        both = cond.cat(self.uncond.with_step(step))
+        both = cond.cat(uncond)
         v_cond, v_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return v_uncond + self.cfg_scale * (v_cond - v_uncond)
 

@@ -27,12 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from latentfm.autoencoders import LatentNorm
-from latentfm.checkpoint import read_state, resolve_checkpoint, weights_sha256
 from latentfm.condition import Condition
 from latentfm.config import Config
 from latentfm.errors import LatentFMError
@@ -41,8 +38,7 @@ from latentfm.models.build import build_model
 from latentfm.pipeline import FlowPipeline
 from latentfm.seeding import generator
 from latentfm.training.loop import FEWSTEP
-from latentfm.training.teacher import teacher_config
-from latentfm.training.trainer import Trainer
+from latentfm.training.teacher import TeacherTrainer, teacher_config
 
 OBJECTIVES = ("consistency", "shortcut")
 
@@ -64,37 +60,16 @@ def fewstep_config(teacher: str | Path, path: str | Path | None, overrides: list
     return config
 
 
-class FewStepTrainer(Trainer):
+class FewStepTrainer(TeacherTrainer):
     """Tunes the teacher at ``config.fewstep.teacher`` for few-step sampling (``config.fewstep.objective``)."""
 
+    section = "fewstep"
     checkpoint_kind = "fewstep"
-
-    def __init__(self, config: Config):
-        if not config.fewstep.teacher:
-            raise LatentFMError("fewstep.teacher is not set: give --teacher RUN")
-        self.teacher = FlowPipeline.from_checkpoint(config.fewstep.teacher)
-        self.teacher_hash = weights_sha256(self.teacher.model)
-        super().__init__(config)
-
-    def initial_latent_norm(self, resumed: Path | None) -> LatentNorm:
-        """The teacher's: the tuned model lives in the teacher's latent space."""
-        if resumed:
-            teacher = read_state(resumed, "fewstep").teacher or {}
-            if teacher.get("weights_sha256") != self.teacher_hash:
-                raise LatentFMError(
-                    f"{self.run_dir.path} tunes other teacher weights ({teacher.get('checkpoint')}); "
-                    "choose a new train.out_dir"
-                )
-        return self.teacher.latent_norm
 
     def build_network(self) -> torch.nn.Module:
         """The teacher's network with its EMA weights (and, for ``shortcut``, a step input that starts at zero);
         labels are dropped by ``train_step``, not inside the network."""
-        if self.latent_shape != self.teacher.latent_shape or self.num_classes != self.teacher.num_classes:
-            raise LatentFMError(
-                f"the data gives latents {list(self.latent_shape)} and {self.num_classes} classes, the teacher "
-                f"{list(self.teacher.latent_shape)} and {self.teacher.num_classes}: tune on the teacher's data"
-            )
+        self.check_teacher_data()
         inputs = self.task.model_inputs(self.latent_shape, tuple(self.latents.image_shape))
         model = replace(self.config.model, class_dropout=0.0)
         network = build_model(model, self.latent_shape[0], self.latent_shape[1], self.num_classes, **inputs)
@@ -102,14 +77,6 @@ class FewStepTrainer(Trainer):
         if unexpected or any(not key.startswith("step_embedder.") for key in missing):
             raise LatentFMError(f"the teacher's weights do not fit its own model config ({(missing + unexpected)[0]})")
         return network
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The flow trainer's state and the teacher it was tuned from."""
-        teacher = {
-            "weights_sha256": self.teacher_hash,
-            "checkpoint": str(resolve_checkpoint(self.config.fewstep.teacher)),
-        }
-        return {**super().checkpoint_state(), "teacher": teacher}
 
     def gap(self) -> float:
         """The consistency gap ``g`` of this step: geometric from ``gap_start`` to ``gap_end`` over the run."""

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from latentfm.autoencoders import LatentNorm
-from latentfm.checkpoint import read_state, resolve_checkpoint, weights_sha256
 from latentfm.config import Config
-from latentfm.errors import LatentFMError
 from latentfm.flow import flow_matching_loss
 from latentfm.models.refiner import build_refiner
 from latentfm.pipeline import FlowPipeline
 from latentfm.seeding import generator
 from latentfm.training.loop import REFINE
-from latentfm.training.teacher import teacher_config
-from latentfm.training.trainer import Trainer
+from latentfm.training.teacher import TeacherTrainer, teacher_config
 
 
 def refiner_config(teacher: str | Path, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -35,48 +30,22 @@ def refiner_config(teacher: str | Path, path: str | Path | None, overrides: list
     return teacher_config(teacher, path, overrides, "refiner")
 
 
-class RefinerTrainer(Trainer):
+class RefinerTrainer(TeacherTrainer):
     """Trains a velocity refiner (``config.refiner``) for the teacher at ``config.refiner.teacher``."""
 
+    section = "refiner"
     checkpoint_kind = "refiner"
 
     def __init__(self, config: Config):
-        if not config.refiner.teacher:
-            raise LatentFMError("refiner.teacher is not set: give --teacher RUN")
-        self.teacher = FlowPipeline.from_checkpoint(config.refiner.teacher)
-        self.teacher_hash = weights_sha256(self.teacher.model)
         super().__init__(config)
         self.teacher.model.to(self.device)
         self.teacher.autocast_dtype = self.autocast_dtype
 
-    def initial_latent_norm(self, resumed: Path | None) -> LatentNorm:
-        """The teacher's: the refiner sees the teacher's latents."""
-        if resumed:
-            teacher = read_state(resumed, "refiner").teacher or {}
-            if teacher.get("weights_sha256") != self.teacher_hash:
-                raise LatentFMError(
-                    f"{self.run_dir.path} trains a refiner for other teacher weights ({teacher.get('checkpoint')}); "
-                    "choose a new train.out_dir"
-                )
-        return self.teacher.latent_norm
-
     def build_network(self) -> torch.nn.Module:
         """The refiner, checked to fit the teacher's latents and classes."""
-        if self.latent_shape != self.teacher.latent_shape or self.num_classes != self.teacher.num_classes:
-            raise LatentFMError(
-                f"the data gives latents {list(self.latent_shape)} and {self.num_classes} classes, the teacher "
-                f"{list(self.teacher.latent_shape)} and {self.teacher.num_classes}: train on the teacher's data"
-            )
+        self.check_teacher_data()
         inputs = self.task.model_inputs(self.latent_shape, tuple(self.latents.image_shape))
         return build_refiner(self.config.refiner, self.config.model, self.latent_shape, self.num_classes, **inputs)
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The flow trainer's state and the teacher it refines."""
-        teacher = {
-            "weights_sha256": self.teacher_hash,
-            "checkpoint": str(resolve_checkpoint(self.config.refiner.teacher)),
-        }
-        return {**super().checkpoint_state(), "teacher": teacher}
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step of the refiner on the teacher's velocities; returns the detached loss."""

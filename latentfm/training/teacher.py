@@ -1,5 +1,5 @@
-"""The run config of a network trained against a trained flow model, its teacher (``train-refiner``,
-``train-fewstep``): the teacher's data and model, the file's own training sections."""
+"""A network trained against a trained flow model, its teacher (``train-refiner``, ``train-fewstep``): the run
+config (the teacher's data and model, the file's own training sections) and the trainer's teacher handling."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from typing import Any
 
 import yaml
 
-from latentfm.checkpoint import read_state, resolve_checkpoint
+from latentfm.autoencoders import LatentNorm
+from latentfm.checkpoint import read_state, resolve_checkpoint, weights_sha256
 from latentfm.config import Config, config_from_dict
 from latentfm.errors import LatentFMError
+from latentfm.pipeline import FlowPipeline
+from latentfm.training.trainer import Trainer
 
 
 def teacher_config(
@@ -42,3 +45,43 @@ def teacher_config(
     values["data"] = {**values.get("data", {}), **given.get("data", {})}
     values.setdefault(section, {})["teacher"] = str(teacher)
     return config_from_dict(values, overrides)
+
+
+class TeacherTrainer(Trainer):
+    """The flow trainer for a network trained against the teacher named in ``config.<section>.teacher``: it loads
+    the teacher, lives in its latent space, refuses to resume a run made for other teacher weights, and records
+    the teacher's EMA weights hash in every checkpoint. Subclasses set ``section`` and ``checkpoint_kind``."""
+
+    section: str
+
+    def __init__(self, config: Config):
+        self.teacher_path = getattr(config, self.section).teacher
+        if not self.teacher_path:
+            raise LatentFMError(f"{self.section}.teacher is not set: give --teacher RUN")
+        self.teacher = FlowPipeline.from_checkpoint(self.teacher_path)
+        self.teacher_hash = weights_sha256(self.teacher.model)
+        super().__init__(config)
+
+    def initial_latent_norm(self, resumed: Path | None) -> LatentNorm:
+        """The teacher's; a resumed run must have been made for the same teacher weights."""
+        if resumed:
+            teacher = read_state(resumed, self.checkpoint_kind).teacher or {}
+            if teacher.get("weights_sha256") != self.teacher_hash:
+                raise LatentFMError(
+                    f"{self.run_dir.path} was trained against other teacher weights ({teacher.get('checkpoint')}); "
+                    "choose a new train.out_dir"
+                )
+        return self.teacher.latent_norm
+
+    def check_teacher_data(self) -> None:
+        """Refuse data whose latents or classes are not the teacher's."""
+        if self.latent_shape != self.teacher.latent_shape or self.num_classes != self.teacher.num_classes:
+            raise LatentFMError(
+                f"the data gives latents {list(self.latent_shape)} and {self.num_classes} classes, the teacher "
+                f"{list(self.teacher.latent_shape)} and {self.teacher.num_classes}: train on the teacher's data"
+            )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The flow trainer's state and the teacher's weights hash and checkpoint."""
+        teacher = {"weights_sha256": self.teacher_hash, "checkpoint": str(resolve_checkpoint(self.teacher_path))}
+        return {**super().checkpoint_state(), "teacher": teacher}
